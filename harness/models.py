@@ -1,0 +1,114 @@
+"""Building models: pretrained teachers, and students cut from a teacher, loaded, or made from a config."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from harness.recipe import ConfigStudent, PretrainedStudent, Recipe, TeacherLayersStudent
+from harness.tasks import Task
+from harness.teachers import Card, find_card, load_card
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_load(fn, *args, **kwargs):
+    """from_pretrained warns that the new classifier head is untrained: expected here, so hush it."""
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def load_classifier(path: str | Path, task: Task) -> nn.Module:
+    """An encoder checkpoint with a sequence-classification head for ``task`` (new head if absent)."""
+    return _quiet_load(
+        AutoModelForSequenceClassification.from_pretrained,
+        str(path),
+        num_labels=task.num_labels,
+        problem_type="regression" if task.is_regression else "single_label_classification",
+    )
+
+
+def load_tokenizer(path: str | Path):
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks of a BERT-like model (BERT, MPNet, RoBERTa, ... share this path)."""
+    try:
+        return model.base_model.encoder.layer
+    except AttributeError:
+        raise TypeError(f"{type(model).__name__}: no base_model.encoder.layer; cannot pick layers") from None
+
+
+def keep_layers(model: nn.Module, layers: list[int]) -> nn.Module:
+    """DistilBERT-style initialisation: keep the given blocks (in order) and drop the rest."""
+    blocks = encoder_layers(model)
+    if max(layers) >= len(blocks):
+        raise ValueError(f"layer {max(layers)} requested but the model has {len(blocks)} layers")
+    model.base_model.encoder.layer = nn.ModuleList([blocks[i] for i in layers])
+    model.config.num_hidden_layers = len(layers)
+    return model
+
+
+def _card(ref: str, recipe_dir: Path, tdir: Path | None) -> Card:
+    return load_card(find_card(ref, recipe_dir, tdir))
+
+
+def build_student(recipe: Recipe, task: Task, recipe_dir: Path, tdir: Path | None, seed: int):
+    """(model, tokenizer, lineage label) for the recipe's student, before training."""
+    s = recipe.student
+    torch.manual_seed(seed)  # the new classifier head (and a config student) are seeded per run
+    if isinstance(s, TeacherLayersStudent):
+        card = _card(s.card or recipe.teachers[0].card, recipe_dir, tdir)
+        path = card.pretrained_path()
+        model = keep_layers(load_classifier(path, task), s.layers)
+        label = s.name or f"{len(s.layers)}L-from-{card.name}"
+        return model, load_tokenizer(path), label
+    if isinstance(s, PretrainedStudent):
+        return load_classifier(s.checkpoint, task), load_tokenizer(s.checkpoint), s.name or Path(s.checkpoint).name
+    assert isinstance(s, ConfigStudent)
+    card = _card(s.tokenizer_card or recipe.teachers[0].card, recipe_dir, tdir)
+    path = card.pretrained_path()
+    tok = load_tokenizer(path)
+    base = AutoConfig.from_pretrained(path)
+    config = AutoConfig.for_model(
+        base.model_type,
+        vocab_size=base.vocab_size,
+        hidden_size=s.hidden,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        intermediate_size=s.ffn,
+        max_position_embeddings=base.max_position_embeddings,
+        pad_token_id=base.pad_token_id,
+        num_labels=task.num_labels,
+        problem_type="regression" if task.is_regression else "single_label_classification",
+    )
+    model = AutoModelForSequenceClassification.from_config(config)
+    label = s.name or f"{s.layers}L-H{s.hidden}"
+    return model, tok, label
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    emb = sum(p.numel() for p in model.base_model.embeddings.parameters())
+    return {"total": total, "non_embedding": total - emb}
+
+
+def save_model(model: nn.Module, tokenizer, out: Path) -> None:
+    """Save as safetensors in fp32 so sizes on disk compare across precisions."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def weights_size_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))

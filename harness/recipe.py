@@ -1,0 +1,221 @@
+"""The recipe schema: one YAML file = one distillation experiment.
+
+A recipe names a task, its teachers (cards in ``teachers/`` with weights), how the student is built and
+initialised, the objective (a weighted list of registered terms), training settings, seeds and DeepSpeed
+settings.  Loading is strict (see :mod:`harness.schema`); ``load_recipe`` also checks references
+(task, teacher cards, objective terms, layer indices) so ``harness validate`` needs no model loading.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import pydantic
+from pydantic import Field, model_validator
+
+from harness.losses import TERMS
+from harness.registry import UnknownName
+from harness.schema import ConfigError, Strict, load
+from harness.tasks import get_task
+
+
+class TeacherRef(Strict):
+    card: str = Field(description="teacher card name (teachers/<card>.yaml) or a path to a card file")
+    weight: float = Field(1.0, gt=0, description="relative weight; weights are normalised over teachers")
+    finetune: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the card's fine-tuning settings (e.g. max_train_examples), part of the cache key",
+    )
+
+
+class TeacherLayersStudent(Strict):
+    """DistilBERT-style: keep some of a teacher's layers (pretrained weights, not the fine-tuned ones)."""
+
+    init: Literal["teacher_layers"]
+    name: str | None = None
+    card: str | None = Field(None, description="card whose pretrained checkpoint is cut; default: first teacher")
+    layers: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="teacher layer indices to keep")
+
+
+class PretrainedStudent(Strict):
+    init: Literal["pretrained"]
+    name: str | None = None
+    checkpoint: str = Field(description="a Hugging Face Hub id or a local model directory")
+
+
+class ConfigStudent(Strict):
+    """A randomly initialised encoder of the given shape, using a card's tokenizer and vocabulary."""
+
+    init: Literal["config"]
+    name: str | None = None
+    tokenizer_card: str | None = Field(None, description="card whose tokenizer is used; default: first teacher")
+    layers: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    ffn: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+Student = Annotated[Union[TeacherLayersStudent, PretrainedStudent, ConfigStudent], Field(discriminator="init")]
+
+
+class TermSpec(Strict):
+    """One objective term: ``{term: hinton_kd, weight: 1.0, temperature: 2.0, ...}``.
+
+    The term's own parameters sit beside ``term`` and ``weight`` in the YAML and are validated against
+    the registered term's ``Params`` model; the resolved recipe stores them under ``params``.
+    """
+
+    term: str
+    weight: float = Field(1.0, ge=0)
+    params: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_params(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        name = data.pop("term", None)
+        if not isinstance(name, str):
+            raise ValueError("each objective entry needs 'term: <name>' naming a registered objective term")
+        weight = data.pop("weight", 1.0)
+        raw = data.pop("params", {}) | data  # a resolved recipe stores them under 'params'
+        try:
+            term_cls = TERMS.get(name)
+        except UnknownName as e:
+            raise ValueError(str(e)) from None
+        try:
+            params = term_cls.Params.model_validate(raw)
+        except pydantic.ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in first["loc"])
+            msg = first["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{name}: {field + ': ' if field else ''}{msg}") from None
+        return {"term": name, "weight": weight, "params": params}
+
+
+class Training(Strict):
+    epochs: float = Field(3.0, gt=0, description="passes over the (capped) training set")
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimiser steps (overrides epochs)")
+    batch_size: int = Field(32, gt=0, description="global batch size, split over ranks")
+    eval_batch_size: int = Field(128, gt=0)
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps with linear warm-up")
+    max_length: int = Field(128, gt=0, le=4096, description="maximum sequence length in tokens")
+    max_train_examples: int | None = Field(None, gt=0, description="cap on training examples (a seeded sample)")
+    seed: int | list[int] = Field(42, description="a seed or a list of seeds (one run each)")
+    log_every: int = Field(50, gt=0, description="steps between loss logs")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed] if isinstance(self.seed, int) else list(self.seed)
+
+
+class DeepSpeedSettings(Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise (CPU)"
+    )
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    gradient_clipping: float = Field(1.0, ge=0)
+
+
+class SpeedSettings(Strict):
+    seq_len: int = Field(128, gt=0, description="fixed sequence length for latency/throughput figures")
+    throughput_batch: int = Field(32, gt=0)
+    iters: int = Field(10, gt=0, description="timed iterations for batch-1 latency")
+
+
+class Recipe(Strict):
+    name: str | None = Field(None, description="run name; default: the file's path under recipes/")
+    description: str = ""
+    task: str
+    teachers: list[TeacherRef] = Field(default_factory=list)
+    student: Student
+    objective: list[TermSpec] = Field(min_length=1)
+    training: Training = Training()
+    deepspeed: DeepSpeedSettings = DeepSpeedSettings()
+    speed: SpeedSettings = SpeedSettings()
+
+    @model_validator(mode="after")
+    def _check(self):
+        try:
+            get_task(self.task)
+        except UnknownName as e:
+            raise ValueError(f"task: {e}") from None
+        needs = [t.term for t in self.objective if TERMS.get(t.term).needs_teacher]
+        if needs and not self.teachers:
+            raise ValueError(f"objective terms {needs} need a teacher, but 'teachers' is empty")
+        if isinstance(self.student, (TeacherLayersStudent, ConfigStudent)) and not self.teachers:
+            card = self.student.card if isinstance(self.student, TeacherLayersStudent) else self.student.tokenizer_card
+            if card is None:
+                raise ValueError(f"student.{self.student.init} needs a card: name one, or list a teacher")
+        return self
+
+    # -- derived --------------------------------------------------------------------------------------
+    @property
+    def canonical_task(self) -> str:
+        return get_task(self.task).name
+
+    def resolved(self) -> dict:
+        """The recipe with every default filled in: what a run record stores and hashes."""
+        d = self.model_dump(mode="json")
+        d["task"] = self.canonical_task
+        return d
+
+
+def recipe_hash(resolved: dict) -> str:
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_name(path: Path) -> str:
+    """recipes/glue/sst2/kd/3L_from_minilm.yaml -> glue/sst2/kd/3L_from_minilm."""
+    parts = path.resolve().with_suffix("").parts
+    if "recipes" in parts:
+        return "/".join(parts[len(parts) - parts[::-1].index("recipes"):])
+    return path.stem
+
+
+def load_recipe(path: Path, teachers_dir: Path | None = None) -> Recipe:
+    """Parse and check a recipe file, including its teacher-card references."""
+    from harness.teachers import find_card, load_card  # local: teachers imports recipe's Training
+
+    recipe = load(Recipe, path)
+    if recipe.name is None:
+        recipe = recipe.model_copy(update={"name": default_name(path)})
+    refs = [(f"teachers[{i}].card", t.card) for i, t in enumerate(recipe.teachers)]
+    s = recipe.student
+    if isinstance(s, TeacherLayersStudent) and s.card:
+        refs.append(("student.card", s.card))
+    if isinstance(s, ConfigStudent) and s.tokenizer_card:
+        refs.append(("student.tokenizer_card", s.tokenizer_card))
+    for field, ref in refs:
+        try:
+            card = load_card(find_card(ref, path.parent, teachers_dir))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {field}: {e}") from None
+        if isinstance(s, TeacherLayersStudent) and field in ("teachers[0].card", "student.card") and (
+            field == "student.card" or s.card is None
+        ):
+            bad = [i for i in s.layers if i >= card.num_layers]
+            if bad:
+                raise ConfigError(
+                    f"{path}: student.layers: {bad} past the depth of {card.name} "
+                    f"({card.num_layers} layers, indices 0..{card.num_layers - 1})"
+                )
+    for i, t in enumerate(recipe.teachers):
+        card = load_card(find_card(t.card, path.parent, teachers_dir))
+        try:
+            card.finetune_for(recipe.canonical_task, t.finetune)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: teachers[{i}].finetune: {e}") from None
+    return recipe

@@ -1,0 +1,192 @@
+"""Run records and the tables rendered from them (never typed by hand).
+
+A record is a folder under ``results/runs/``::
+
+    recipe.yaml            the resolved recipe (or the teacher's resolved fine-tuning spec)
+    metrics.json           dev metrics, headline score, training stats, parameters, size, speed
+    predictions/<split>.tsv  index, prediction, label: one row per dev example
+    env.json               git commit, package versions, device
+
+``build_tables`` reads every record and writes ``glue.{md,csv}`` and ``speed.{md,csv}``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from harness.metrics import compute_metrics, task_headline
+from harness.tasks import TASKS, get_task
+
+# GLUE's official training-set sizes: a cell trained on fewer examples says how many it used.
+OFFICIAL_TRAIN = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846,
+                  "mnli": 392702, "qnli": 104743, "rte": 2490, "wnli": 635}
+PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "evaluate", "pandas", "tabulate", "pydantic",
+            "scikit-learn", "scipy", "kd-harness")
+
+
+def env_info(repo: Path) -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    versions = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            versions[p] = None
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "device": gpu or "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+def write_record(folder: Path, resolved: dict, metrics: dict, predictions: dict[str, list], env: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    pred_dir = folder / "predictions"
+    pred_dir.mkdir(exist_ok=True)
+    for split, rows in predictions.items():
+        with open(pred_dir / f"{split}.tsv", "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(["index", "prediction", "label"])
+            w.writerows(rows)
+    (folder / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    # metrics.json last: its presence marks a complete record
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def read_predictions(path: Path, regression: bool) -> tuple[list, list]:
+    cast = float if regression else int
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [cast(float(r["prediction"])) for r in rows], [cast(float(r["label"])) for r in rows]
+
+
+def recompute(folder: Path) -> dict[str, dict[str, float]]:
+    """The official metrics recomputed from a record's predictions files."""
+    m = json.loads((folder / "metrics.json").read_text())
+    task = get_task(m["task"])
+    out = {}
+    for split in m["dev"]:
+        preds, labels = read_predictions(folder / "predictions" / f"{split}.tsv", task.is_regression)
+        out[split] = compute_metrics(task, preds, labels)
+    return out
+
+
+def load_records(results_dir: Path) -> list[dict]:
+    recs = []
+    for f in sorted((results_dir / "runs").rglob("metrics.json")):
+        m = json.loads(f.read_text())
+        m["_dir"] = str(f.parent.relative_to(results_dir))
+        recs.append(m)
+    return recs
+
+
+def _row_key(m: dict) -> str:
+    """Rows gather one method/student over tasks: 'glue/sst2/kd/3L_from_x' -> 'kd/3L_from_x'."""
+    if m["kind"] == "teacher":
+        return f"teacher (fine-tuned): {m['model']}"
+    parts = m["name"].split("/")
+    if len(parts) > 2 and parts[0] == "glue" and parts[1] in TASKS:
+        parts = parts[2:]
+    return "/".join(parts)
+
+
+def _cell(scores: pd.Series, n_train: int, task: str) -> str:
+    txt = f"{100 * scores.mean():.1f}"
+    if len(scores) > 1:
+        txt += f" ± {100 * scores.std(ddof=1):.1f}"
+    if n_train < OFFICIAL_TRAIN[task]:
+        txt += f" ({n_train / 1000:.1f}k)" if n_train >= 1000 else f" ({n_train})"
+    return txt
+
+
+def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(display table, long CSV frame).  Cells: mean (± std over seeds) of the task's headline x 100."""
+    long = pd.DataFrame([{
+        "row": _row_key(m), "model": m["model"], "lineage": " → ".join(m["lineage"]), "task": m["task"],
+        "seed": m["seed"], "score": m["score"], "train_examples": m["train"]["train_examples"],
+        "device": m["env_device"], "record": m["_dir"]} for m in recs])
+    if long.empty:
+        return long, long
+    order = [t for t in TASKS if t in set(long.task)]
+    rows = []
+    for (row, model), g in long.groupby(["row", "model"], sort=False):
+        r = {"Recipe": row, "Model": g.lineage.iloc[0]}
+        means = []
+        for t in order:
+            gt = g[g.task == t]
+            if len(gt):
+                r[get_task(t).display] = _cell(gt.score, int(gt.train_examples.max()), t)
+                means.append(gt.score.mean())
+            else:
+                r[get_task(t).display] = ""
+        r["Avg"] = f"{100 * sum(means) / len(means):.1f}"
+        r["Seeds"] = int(g.groupby("task").seed.nunique().max())
+        r["Device"] = ", ".join(sorted(set(g.device)))
+        rows.append(r)
+    return pd.DataFrame(rows), long
+
+
+def speed_table(recs: list[dict]) -> pd.DataFrame:
+    rows = {}
+    for m in recs:
+        sp = m.get("speed")
+        if not sp or m["model"] in rows:
+            continue
+        r = {"Model": m["model"], "Params (M)": round(m["params"]["total"] / 1e6, 1),
+             "Size (MB)": round(m["size_bytes"] / 2**20, 1),
+             f"CPU latency b1 L{sp['seq_len']} (ms)": sp["cpu"]["latency_ms"],
+             f"CPU throughput b{sp['throughput_batch']} (ex/s)": sp["cpu"]["throughput"]}
+        if "gpu" in sp:
+            r["GPU"] = sp["gpu"]["device"]
+            r["GPU latency b1 (ms)"] = sp["gpu"]["latency_ms"]
+            r[f"GPU throughput b{sp['throughput_batch']} (ex/s)"] = sp["gpu"]["throughput"]
+        t = m.get("teacher_speed")
+        r["CPU speed-up vs teacher"] = (
+            f"{t['cpu']['latency_ms'] / sp['cpu']['latency_ms']:.2f}x" if t else "1.00x (teacher)")
+        r["CPU threads"] = sp["cpu"]["threads"]
+        rows[m["model"]] = r
+    return pd.DataFrame(list(rows.values()))
+
+
+NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearman; MRPC, QQP mean of F1/acc; "
+         "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. (Nk): trained on N examples, "
+         "fewer than GLUE's full training set. QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
+
+
+def build_tables(results_dir: Path) -> list[Path]:
+    recs = load_records(results_dir)
+    for m in recs:
+        m["env_device"] = json.loads((results_dir / m["_dir"] / "env.json").read_text())["device"]
+    glue, long = glue_table(recs)
+    speed = speed_table(recs)
+    written = []
+    for stem, df, csv_df in (("glue", glue, long), ("speed", speed, speed)):
+        md = results_dir / f"{stem}.md"
+        body = df.to_markdown(index=False) if not df.empty else "(no run records yet)"
+        note = NOTES if stem == "glue" else "Inference with random ids at a fixed length, fp32 on CPU (bf16 on GPU); median of timed passes."
+        md.write_text(f"<!-- generated by `python -m harness tables` from results/runs; do not edit -->\n\n{body}\n\n{note}\n")
+        csv_df.to_csv(results_dir / f"{stem}.csv", index=False)
+        written += [md, results_dir / f"{stem}.csv"]
+    return written

