@@ -62,7 +62,7 @@ def _launcher_cmd(args) -> list[str] | None:
     n = args.nprocs or args.num_gpus or (gpus if gpus > 1 else 0)
     if not n and not args.hostfile:
         return None
-    cmd = ["deepspeed", "--master_port", str(args.master_port)]
+    cmd = ["deepspeed", "--no_local_rank", "--master_port", str(args.master_port)]
     if args.hostfile:
         cmd += ["--hostfile", str(args.hostfile)]
     if n:
@@ -201,10 +201,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.tasks import GlueDataError
+
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, GlueDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -238,6 +238,11 @@ def _load_from_hub(task: Task, split: str) -> datasets.Dataset:
             f"{task.display} {split} could not be loaded from the Hugging Face Hub "
             f"(nyu-mll/glue, config {task.hub_config!r}): {err}"
         ) from err
+    return from_hub_layout(task, ds)
+
+
+def from_hub_layout(task: Task, ds: datasets.Dataset) -> datasets.Dataset:
+    """Rename a Hub GLUE split's columns to the harness's idx / text_a / text_b / label."""
     renames = dict(zip(task.hub_text_keys, ("text_a", "text_b")))
     ds = ds.rename_columns(renames).select_columns(["idx", *renames.values(), "label"])
     if task.is_regression:  # the Hub stores STS-B scores as float32; match the local float64

@@ -1,0 +1,65 @@
+"""Shared fixtures: offline Hugging Face settings, a tiny random BERT teacher card, CLI runner."""
+from __future__ import annotations
+
+import os
+
+# Tests never touch the Hub; set before transformers/datasets read their configuration.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_GLUE = Path(__file__).resolve().parent / "fixtures" / "glue"
+REAL_GLUE = os.environ.get("GLUE_DIR")
+needs_glue = pytest.mark.skipif(not REAL_GLUE, reason="set GLUE_DIR to the GLUE folder (../shared/glue)")
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    """One harness cache for the session (tokenized data, fine-tuned teachers), like a user's."""
+    d = tmp_path_factory.mktemp("kd-cache")
+    os.environ["KD_HARNESS_CACHE"] = str(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_card(tmp_path_factory, cache) -> Path:
+    """A randomly initialised 4-layer BERT (hidden 32) with the bert-base-uncased vocabulary of the
+    bundled all-MiniLM-L6-v2 tokenizer, saved as a local checkpoint, and a card pointing at it."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from harness.teachers import find_card, load_card
+
+    minilm = load_card(find_card("all-MiniLM-L6-v2"))
+    src = minilm.local_checkpoint()
+    if src is None:
+        pytest.skip("all-MiniLM-L6-v2 is not installed: python -m harness teachers install all-MiniLM-L6-v2")
+    d = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(src)
+    import torch
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    card = d / "tiny-bert.yaml"
+    card.write_text(
+        "name: tiny-bert\narchitecture: bert\nlayers: 4\nhidden: 32\nheads: 2\n"
+        "checkpoint: {path: model}\n"
+        "finetune: {epochs: 2, lr: 1.0e-3, batch_size: 16, max_length: 48, max_train_examples: 256}\n")
+    return card
+
+
+def harness_cli(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m harness ...`` for real, as a user would."""
+    full_env = os.environ | {"PYTHONPATH": str(REPO)} | (env or {})
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -1,0 +1,112 @@
+"""The real CLI end to end on a tiny random BERT: teacher fine-tuning, distillation, records, tables,
+skipping, several ranks.  No mocks: DeepSpeed, transformers and datasets all run for real."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURE_GLUE, REAL_GLUE, harness_cli, needs_glue
+
+
+def recipe(tmp: Path, name: str, card: Path, task: str, body: str) -> Path:
+    p = tmp / f"{name}.yaml"
+    p.write_text(f"name: {name}\ntask: {task}\nteachers:\n  - card: {card}\n{body}")
+    return p
+
+
+KD = """\
+student: {init: teacher_layers, layers: [0, 2]}
+objective:
+  - {term: hinton_kd, temperature: 2.0, alpha: 0.5}
+training: {epochs: 2, batch_size: 16, lr: 1.0e-3, max_length: 48, max_train_examples: 192, log_every: 4}
+speed: {seq_len: 32, throughput_batch: 4, iters: 2}
+"""
+
+
+def read_tsv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+@needs_glue
+def test_kd_run_writes_records_and_tables_then_skips(tmp_path, tiny_card):
+    r = recipe(tmp_path, "tiny-kd", tiny_card, "sst2", KD)
+    results = tmp_path / "results"
+    res = harness_cli("run", str(r), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    run = results / "runs" / "tiny-kd" / "seed42"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["kind"] == "student" and m["task"] == "sst2" and m["lineage"] == ["tiny-bert", "2L-from-tiny-bert"]
+    assert m["train"]["train_examples"] == 192 and m["train"]["steps"] == 24
+    assert m["params"]["total"] < m["params"]["total"] + 1 and m["size_bytes"] > 0
+    assert set(m["speed"]["cpu"]) >= {"latency_ms", "throughput"}
+    hist = m["train"]["loss_history"]
+    assert hist[-1]["loss"] < hist[0]["loss"], hist  # it learns something from the teacher
+
+    preds = read_tsv(run / "predictions" / "dev.tsv")
+    assert [int(p["index"]) for p in preds] == list(range(872))
+    assert (run / "recipe.yaml").exists()
+    env = json.loads((run / "env.json").read_text())
+    assert env["packages"]["deepspeed"] and env["packages"]["torch"] and env["device"] == "cpu"
+
+    teacher_runs = list((results / "runs" / "teachers" / "tiny-bert" / "sst2").iterdir())
+    assert len(teacher_runs) == 1
+    tm = json.loads((teacher_runs[0] / "metrics.json").read_text())
+    assert tm["kind"] == "teacher" and tm["train"]["train_examples"] == 256
+
+    glue_md = (results / "glue.md").read_text()
+    assert "tiny-kd" in glue_md and "teacher (fine-tuned): tiny-bert" in glue_md and "SST-2" in glue_md
+    speed_md = (results / "speed.md").read_text()
+    assert "2L-from-tiny-bert" in speed_md and "tiny-bert" in speed_md
+
+    ver = harness_cli("verify", "--results-dir", str(results))
+    assert ver.returncode == 0 and "2 of 2 records match" in ver.stdout, ver.stdout
+
+    again = harness_cli("run", str(r), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipped: record exists" in again.stdout
+    assert "train " not in again.stderr  # no training progress bar: nothing was trained
+
+    # a changed recipe is a different run: not skipped
+    r.write_text(r.read_text().replace("alpha: 0.5", "alpha: 0.6"))
+    changed = harness_cli("run", str(r), "--results-dir", str(results), "--glue-dir", REAL_GLUE, "--no-tables")
+    assert changed.returncode == 0 and "skipped" not in changed.stdout
+
+
+@needs_glue
+def test_two_cpu_ranks_score_every_dev_example_once(tmp_path, tiny_card):
+    body = KD.replace("max_train_examples: 192", "max_train_examples: 128")
+    r = recipe(tmp_path, "tiny-kd-2proc", tiny_card, "sst2", body)
+    results = tmp_path / "results"
+    res = harness_cli("run", str(r), "--results-dir", str(results), "--glue-dir", REAL_GLUE, "--nprocs", "2",
+                      "--master-port", "29561")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    run = results / "runs" / "tiny-kd-2proc" / "seed42"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["train"]["world_size"] == 2
+    idx = [int(p["index"]) for p in read_tsv(run / "predictions" / "dev.tsv")]
+    assert idx == list(range(872))
+    assert harness_cli("verify", "--results-dir", str(results)).returncode == 0
+
+
+def test_mnli_two_dev_splits_and_stsb_regression_on_fixtures(tmp_path, tiny_card):
+    tiny = "training: {epochs: 1, batch_size: 2, lr: 1.0e-3, max_length: 48}\nspeed: {seq_len: 16, throughput_batch: 2, iters: 1}\n"
+    mnli = recipe(tmp_path, "mnli-nokd", tiny_card, "mnli",
+                  "student: {init: config, layers: 1, hidden: 16, heads: 2, ffn: 32}\nobjective: [{term: ce}]\n" + tiny)
+    stsb = recipe(tmp_path, "stsb-kd", tiny_card, "stsb",
+                  "student: {init: teacher_layers, layers: [3]}\nobjective: [{term: hinton_kd}]\n" + tiny)
+    results = tmp_path / "results"
+    res = harness_cli("run", str(mnli), str(stsb), "--results-dir", str(results), "--glue-dir", str(FIXTURE_GLUE))
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((results / "runs" / "mnli-nokd" / "seed42" / "metrics.json").read_text())
+    assert set(m["dev"]) == {"dev_matched", "dev_mismatched"}
+    assert m["score"] == pytest.approx((m["dev"]["dev_matched"]["accuracy"] + m["dev"]["dev_mismatched"]["accuracy"]) / 2)
+    s = json.loads((results / "runs" / "stsb-kd" / "seed42" / "metrics.json").read_text())
+    assert set(s["dev"]["dev"]) == {"pearson", "spearmanr"}
+    preds = read_tsv(results / "runs" / "stsb-kd" / "seed42" / "predictions" / "dev.tsv")
+    assert all("." in p["prediction"] for p in preds)  # scores, not classes
+    assert harness_cli("verify", "--results-dir", str(results)).returncode == 0
+    table = (results / "glue.md").read_text()
+    assert "MNLI" in table and "STS-B" in table
