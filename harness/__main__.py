@@ -174,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = add("run", cmd_run, "validate all recipes, then run them in order (teachers fine-tuned once and cached)")
     r.add_argument("recipes", nargs="+", help="recipe files or globs")
-    r.add_argument("--force", action="store_true", help="rerun even when a record of the same resolved recipe exists")
+    r.add_argument("--force", action="store_true", help="rerun even when this cache holds a record of the same resolved recipe")
     r.add_argument("--glue-dir", default=None, help="local GLUE folder (default: $GLUE_DIR, else the Hub)")
     r.add_argument("--results-dir", type=Path, default=Path("results"), help="where records and tables go")
     r.add_argument("--nprocs", type=int, default=0, help="processes to launch with DeepSpeed (CPU or GPU)")

@@ -103,7 +103,8 @@ def _optimizer(module: nn.Module, training: Training) -> torch.optim.Optimizer:
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": training.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=training.lr, fused=device().type == "cuda")
+    cuda = device().type == "cuda"
+    return torch.optim.AdamW(groups, lr=training.lr, fused=cuda, foreach=not cuda)
 
 
 def _warmup_linear(total: int, warmup_ratio: float):

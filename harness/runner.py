@@ -145,10 +145,15 @@ def run_recipe(path: Path, recipe: Recipe, opts: Options) -> None:
         out = opts.results_dir / "runs" / recipe.name / f"seed{seed}"
         if (out / "metrics.json").exists() and not opts.force:
             old = json.loads((out / "metrics.json").read_text())
-            if old["recipe_hash"] == rhash:
+            # A record is reused when it is of this very recipe and its model was trained with this
+            # cache; a record that came with a checkout (trained elsewhere) is reproduced instead.
+            if old["recipe_hash"] == rhash and Path(old["checkpoint"]).exists():
                 if is_main():
                     print(f"[{recipe.name} seed {seed}] skipped: record exists ({out}); --force to rerun", flush=True)
                 continue
+            if is_main():
+                why = "the recipe changed" if old["recipe_hash"] != rhash else "its model is not in this cache"
+                print(f"[{recipe.name} seed {seed}] rerunning: a record exists but {why}", flush=True)
         teacher_info = [ensure_teacher(c, task, t.finetune, opts) for c, t in zip(cards, recipe.teachers)]
         teachers = [Teacher(load_classifier(folder, task), t.weight) for (folder, _), t in zip(teacher_info, recipe.teachers)]
         model, tok, label = build_student(recipe, task, path.parent, opts.teachers_dir, seed)

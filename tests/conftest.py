@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_GLUE = Path(__file__).resolve().parent / "fixtures" / "glue"
-REAL_GLUE = os.environ.get("GLUE_DIR")
+REAL_GLUE = os.path.abspath(os.environ["GLUE_DIR"]) if os.environ.get("GLUE_DIR") else None
 needs_glue = pytest.mark.skipif(not REAL_GLUE, reason="set GLUE_DIR to the GLUE folder (../shared/glue)")
 
 
