@@ -42,7 +42,7 @@ class TeacherLayersStudent(Strict):
 class PretrainedStudent(Strict):
     init: Literal["pretrained"]
     name: str | None = None
-    checkpoint: str = Field(description="a Hugging Face Hub id or a local model directory")
+    checkpoint: str = Field(description="a Hub id, or a local model folder starting with ./, ../, / or ~")
 
 
 class ConfigStudent(Strict):
@@ -212,6 +212,12 @@ def load_recipe(path: Path, teachers_dir: Path | None = None) -> Recipe:
                     f"{path}: student.layers: {bad} past the depth of {card.name} "
                     f"({card.num_layers} layers, indices 0..{card.num_layers - 1})"
                 )
+    if isinstance(s, PretrainedStudent) and s.checkpoint.startswith((".", "/", "~")):
+        ckpt = Path(s.checkpoint).expanduser()
+        ckpt = ckpt if ckpt.is_absolute() else path.parent / ckpt
+        if not (ckpt / "config.json").exists():
+            raise ConfigError(f"{path}: student.checkpoint: no model folder (config.json) at {ckpt}")
+        recipe = recipe.model_copy(update={"student": s.model_copy(update={"checkpoint": str(ckpt.resolve())})})
     for i, t in enumerate(recipe.teachers):
         card = load_card(find_card(t.card, path.parent, teachers_dir))
         try:

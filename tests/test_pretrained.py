@@ -17,7 +17,7 @@ def test_real_teacher_and_kd_student_on_sst2_subset(tmp_path, cache):
     student = json.loads(next((results / "runs" / "regression").rglob("metrics.json")).read_text())
     # 1,000 examples, 2 epochs: far from the full-data 0.89, but clearly learned (chance is ~0.5)
     assert teacher["score"] > 0.75, teacher["score"]
-    assert student["score"] > 0.70, student["score"]
+    assert student["score"] > 0.72, student["score"]
     assert teacher["params"]["total"] == 22_713_986  # all-MiniLM-L6-v2 + a 2-class head
     assert student["params"]["total"] < teacher["params"]["total"]
     assert student["teacher_speed"]["cpu"]["latency_ms"] > 0

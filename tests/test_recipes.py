@@ -40,6 +40,8 @@ BAD = {
                        r"objective\[0\]: hinton_kd: unknown key 'temprature' \(did you mean 'temperature'\?\)"),
     "unknown_term": (GOOD.replace("term: hinton_kd", "term: hinton"), r"objective\[0\]: unknown objective term 'hinton'"),
     "layer_past_depth": (GOOD.replace("[0, 2, 4]", "[0, 2, 6]"), r"student\.layers: \[6\] past the depth of all-MiniLM-L6-v2"),
+    "missing_checkpoint": (GOOD.replace("init: teacher_layers\n  layers: [0, 2, 4]", "init: pretrained\n  checkpoint: ./nowhere"),
+                           r"student\.checkpoint: no model folder \(config\.json\) at"),
     "unknown_task": (GOOD.replace("task: sst2", "task: sst3"), r"task: unknown task 'sst3'"),
 }
 
