@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
+import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
@@ -82,7 +83,18 @@ def train_and_evaluate(model, tok, teachers: list[Teacher], terms, task: Task, t
         rows = predict(student, ds, task, training.eval_batch_size, tok.pad_token_id, desc=f"eval {label} {split}")
         preds[split] = rows
         dev_metrics[split] = compute_metrics(task, [r[1] for r in rows], [r[2] for r in rows])
+    if settings.zero_stage == 3:
+        student = _gather_zero3(student)
     return student, stats, preds, dev_metrics
+
+
+def _gather_zero3(student):
+    """Under ZeRO-3 each rank holds a shard of every weight: gather them into a plain full copy."""
+    with deepspeed.zero.GatheredParameters(list(student.parameters()), modifier_rank=None):
+        state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in student.state_dict().items()}
+    plain = type(student)(student.config)
+    plain.load_state_dict(state)
+    return plain
 
 
 def _finish(student, tok, out_dir: Path, speed: SpeedSettings) -> dict:

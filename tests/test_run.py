@@ -112,3 +112,15 @@ def test_mnli_two_dev_splits_and_stsb_regression_on_fixtures(tmp_path, tiny_card
     assert harness_cli("verify", "--results-dir", str(results)).returncode == 0
     table = (results / "glue.md").read_text()
     assert "MNLI" in table and "STS-B" in table
+
+
+def test_zero_stages_train_and_save_full_students(tmp_path, tiny_card):
+    body = ("student: {init: teacher_layers, layers: [1]}\nobjective: [{term: hinton_kd}]\n"
+            "training: {epochs: 1, batch_size: 2, max_length: 32}\nspeed: {seq_len: 8, throughput_batch: 2, iters: 1}\n")
+    paths = [recipe(tmp_path, f"zero{z}", tiny_card, "sst2", body + f"deepspeed: {{zero_stage: {z}}}\n") for z in (0, 1, 2, 3)]
+    results = tmp_path / "results"
+    res = harness_cli("run", *map(str, paths), "--results-dir", str(results), "--glue-dir", str(FIXTURE_GLUE))
+    assert res.returncode == 0, res.stderr[-3000:]
+    params = {z: json.loads((results / "runs" / f"zero{z}" / "seed42" / "metrics.json").read_text())["params"]["total"]
+              for z in (0, 1, 2, 3)}
+    assert len(set(params.values())) == 1 and params[0] > 0, params  # ZeRO-3 shards are gathered before saving
