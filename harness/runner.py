@@ -112,6 +112,7 @@ def ensure_teacher(card: Card, task: Task, overrides: dict, opts: Options) -> tu
     done = folder / "record" / "metrics.json"
     if not done.exists():
         path = card.pretrained_path()
+        torch.manual_seed(settings.seed)  # the new classification head is drawn from this
         model, tok = load_classifier(path, task), load_tokenizer(path)
         resolved = {"kind": "teacher", "card": card.model_dump(mode="json"), "task": task.name,
                     "finetune": settings.model_dump(mode="json"), "deepspeed": DeepSpeedSettings().model_dump()}
