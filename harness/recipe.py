@@ -192,26 +192,24 @@ def load_recipe(path: Path, teachers_dir: Path | None = None) -> Recipe:
     recipe = load(Recipe, path)
     if recipe.name is None:
         recipe = recipe.model_copy(update={"name": default_name(path)})
-    refs = [(f"teachers[{i}].card", t.card) for i, t in enumerate(recipe.teachers)]
     s = recipe.student
+    refs = {f"teachers[{i}].card": t.card for i, t in enumerate(recipe.teachers)}
     if isinstance(s, TeacherLayersStudent) and s.card:
-        refs.append(("student.card", s.card))
+        refs["student.card"] = s.card
     if isinstance(s, ConfigStudent) and s.tokenizer_card:
-        refs.append(("student.tokenizer_card", s.tokenizer_card))
-    for field, ref in refs:
+        refs["student.tokenizer_card"] = s.tokenizer_card
+    cards = {}
+    for field, ref in refs.items():
         try:
-            card = load_card(find_card(ref, path.parent, teachers_dir))
+            cards[field] = load_card(find_card(ref, path.parent, teachers_dir))
         except ConfigError as e:
             raise ConfigError(f"{path}: {field}: {e}") from None
-        if isinstance(s, TeacherLayersStudent) and field in ("teachers[0].card", "student.card") and (
-            field == "student.card" or s.card is None
-        ):
-            bad = [i for i in s.layers if i >= card.num_layers]
-            if bad:
-                raise ConfigError(
-                    f"{path}: student.layers: {bad} past the depth of {card.name} "
-                    f"({card.num_layers} layers, indices 0..{card.num_layers - 1})"
-                )
+    if isinstance(s, TeacherLayersStudent):
+        cut = cards["student.card" if s.card else "teachers[0].card"]  # the card whose layers are kept
+        bad = [i for i in s.layers if i >= cut.layers]
+        if bad:
+            raise ConfigError(f"{path}: student.layers: {bad} past the depth of {cut.name} "
+                              f"({cut.layers} layers, indices 0..{cut.layers - 1})")
     if isinstance(s, PretrainedStudent) and s.checkpoint.startswith((".", "/", "~")):
         ckpt = Path(s.checkpoint).expanduser()
         ckpt = ckpt if ckpt.is_absolute() else path.parent / ckpt
@@ -219,9 +217,8 @@ def load_recipe(path: Path, teachers_dir: Path | None = None) -> Recipe:
             raise ConfigError(f"{path}: student.checkpoint: no model folder (config.json) at {ckpt}")
         recipe = recipe.model_copy(update={"student": s.model_copy(update={"checkpoint": str(ckpt.resolve())})})
     for i, t in enumerate(recipe.teachers):
-        card = load_card(find_card(t.card, path.parent, teachers_dir))
         try:
-            card.finetune_for(recipe.canonical_task, t.finetune)
+            cards[f"teachers[{i}].card"].finetune_for(recipe.canonical_task, t.finetune)
         except ConfigError as e:
             raise ConfigError(f"{path}: teachers[{i}].finetune: {e}") from None
     return recipe

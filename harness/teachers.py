@@ -95,10 +95,6 @@ class Card(Strict):
     # set by load_card, not read from YAML
     card_path: Path | None = Field(None, exclude=True)
 
-    @property
-    def num_layers(self) -> int:
-        return self.layers
-
     def finetune_for(self, task: str, overrides: dict[str, Any] | None = None) -> Training:
         """Resolved fine-tuning settings for one task: card defaults < per_task < recipe overrides."""
         base = self.finetune.model_dump(exclude={"per_task"})
