@@ -24,20 +24,22 @@ def expand(patterns: list[str]) -> list[Path]:
     paths: list[Path] = []
     for pat in patterns:
         hits = sorted(glob.glob(pat, recursive=True)) if glob.has_magic(pat) else [pat]
+        if glob.has_magic(pat):  # partials (recipes/glue/_methods/*.yaml, _zoo.yaml) are not recipes
+            hits = [h for h in hits if not any(part.startswith("_") for part in Path(h).parts)]
         if not hits:
             raise ConfigError(f"{pat}: no recipe matches this pattern")
         paths += [Path(h) for h in hits]
     return paths
 
 
-def load_all(patterns: list[str], teachers_dir: Path | None):
+def load_all(patterns: list[str], teachers_dir: Path | None, overrides: list[str] = ()):
     from harness.recipe import load_recipe
 
     paths = expand(patterns)
     errors, recipes = [], []
     for p in paths:
         try:
-            recipes.append((p, load_recipe(p, teachers_dir)))
+            recipes.append((p, load_recipe(p, teachers_dir, overrides)))
         except ConfigError as e:
             errors.append(str(e))
     if errors:
@@ -46,9 +48,10 @@ def load_all(patterns: list[str], teachers_dir: Path | None):
 
 
 def cmd_validate(args) -> int:
-    for p, r in load_all(args.recipes, args.teachers_dir):
+    for p, r in load_all(args.recipes, args.teachers_dir, args.set):
         print(f"ok  {p}  ({r.name}: {r.canonical_task}, {len(r.teachers)} teacher(s), "
-              f"terms {', '.join(t.term for t in r.objective)}, seeds {r.training.seeds})")
+              f"{' -> '.join(f'{ph.name} [' + ', '.join(t.term for t in ph.objective) + ']' for _, ph in r.named_phases())}, "
+              f"seeds {r.training.seeds})")
     return 0
 
 
@@ -62,7 +65,8 @@ def _launcher_cmd(args) -> list[str] | None:
     n = args.nprocs or args.num_gpus or (gpus if gpus > 1 else 0)
     if not n and not args.hostfile:
         return None
-    cmd = ["deepspeed", "--no_local_rank", "--master_port", str(args.master_port)]
+    # DeepSpeed's launcher through this interpreter: works without the venv's bin/ on PATH
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--no_local_rank", "--master_port", str(args.master_port)]
     if args.hostfile:
         cmd += ["--hostfile", str(args.hostfile)]
     if n:
@@ -71,6 +75,8 @@ def _launcher_cmd(args) -> list[str] | None:
     for flag, val in (("--glue-dir", args.glue_dir), ("--teachers-dir", args.teachers_dir)):
         if val:
             cmd += [flag, str(val)]
+    for kv in args.set:
+        cmd += ["--set", kv]
     if args.force:
         cmd.append("--force")
     if args.no_tables:
@@ -79,7 +85,7 @@ def _launcher_cmd(args) -> list[str] | None:
 
 
 def cmd_run(args) -> int:
-    recipes = load_all(args.recipes, args.teachers_dir)  # validate everything before running anything
+    recipes = load_all(args.recipes, args.teachers_dir, args.set)  # validate everything before running anything
     cmd = _launcher_cmd(args)
     if cmd is not None:
         print("+", " ".join(cmd), flush=True)
@@ -139,9 +145,10 @@ def cmd_list(args) -> int:
     for c in all_cards(args.teachers_dir):
         state = "installed" if c.local_checkpoint() else "not installed"
         print(f"  {c.name:20s} {c.architecture} {c.layers}L H{c.hidden} ({state})")
-    print("recipes:")
+    print("recipes (python -m harness validate <file> shows their phases):")
     for p in sorted(Path("recipes").rglob("*.yaml")):
-        print(f"  {p}")
+        if not any(part.startswith("_") for part in p.parts):
+            print(f"  {p}")
     return 0
 
 
@@ -185,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
 
     v = add("validate", cmd_validate, "check recipes (schema, task, teacher cards, terms) without loading models")
     v.add_argument("recipes", nargs="+")
+    for sp in (r, v):
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe field for every recipe, e.g. training.max_train_examples=2000 or "
+                             "teachers.0.finetune.max_train_examples=2000 (VALUE is YAML; repeatable; part of "
+                             "the resolved recipe, so records say what was changed)")
 
     t = add("tables", cmd_tables, "rebuild results/glue.{md,csv} and results/speed.{md,csv} from the run records")
     t.add_argument("--results-dir", type=Path, default=Path("results"))

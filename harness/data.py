@@ -57,6 +57,34 @@ def tokenize(task: Task, split: str, tokenizer, max_length: int, glue_dir: Path 
                   desc=f"tokenizing {task.display} {split}")
 
 
+def corpus_lines(files: list[Path], glue_tasks: list[Task], glue_dir: Path | None) -> list[str]:
+    """Unlabeled text: non-empty lines of the files, then the training sentences of GLUE tasks."""
+    lines = []
+    for f in files:
+        with open(f, encoding="utf-8-sig") as fh:
+            lines += [ln.strip() for ln in fh if ln.strip()]
+    for task in glue_tasks:
+        ds = load_split(task, "train", glue_dir)
+        lines += [t for col in ("text_a", "text_b") if col in ds.column_names for t in ds[col] if t]
+    return lines
+
+
+def tokenize_corpus(lines: list[str], tokenizer, max_length: int, cap: int | None) -> datasets.Dataset:
+    """Tokenize a corpus (one example per line), cached by content like the task data."""
+    ds = cap_examples(datasets.Dataset.from_dict({"idx": list(range(len(lines))), "text_a": lines}), cap)
+    key = _content_key(ds, tokenizer, max_length)
+    out = cache_dir() / "tokenized" / "corpus" / f"{key}.arrow"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def encode(rows):
+        enc = tokenizer(rows["text_a"], truncation=True, max_length=max_length, return_special_tokens_mask=False)
+        enc["length"] = [len(x) for x in enc["input_ids"]]
+        return enc
+
+    return ds.map(encode, batched=True, cache_file_name=str(out), load_from_cache_file=True,
+                  remove_columns=["text_a"], desc=f"tokenizing corpus ({len(ds)} lines)")
+
+
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Shuffled batches of similar lengths, so dynamic padding wastes little compute.
 
@@ -90,8 +118,9 @@ class Collator:
                 continue
             fill = self.pad_id if key == "input_ids" else 0
             out[key] = torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in rows], dtype=torch.long)
-        dtype = torch.float32 if self.regression else torch.long
-        out["labels"] = torch.tensor([r["label"] for r in rows], dtype=dtype)
+        if "label" in rows[0]:  # a corpus for general distillation has none (MLM labels come later)
+            dtype = torch.float32 if self.regression else torch.long
+            out["labels"] = torch.tensor([r["label"] for r in rows], dtype=dtype)
         out["idx"] = torch.tensor([r["idx"] for r in rows], dtype=torch.long)
         return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import deepspeed
 import numpy as np
@@ -19,9 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.data import Collator, length_grouped_batches, rank_shard
+from harness.features import Need, forward_features, mixed_forward
 from harness.losses import Batch, Term
 from harness.recipe import DeepSpeedSettings, Training
 from harness.tasks import Task
+
+LrScale = Callable[[str], float]  # student parameter name -> lr multiplier (0: frozen)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -56,7 +60,8 @@ class Teacher:
 
 
 class Objective(nn.Module):
-    """The module DeepSpeed trains: the student plus any trainable parts of the terms."""
+    """The module DeepSpeed trains: the student plus any trainable parts of the terms (projections,
+    an MLM head), which are dropped when the student is saved."""
 
     def __init__(self, student: nn.Module, terms: list[tuple[Term, float]], regression: bool):
         super().__init__()
@@ -64,10 +69,18 @@ class Objective(nn.Module):
         self.terms = nn.ModuleList(t for t, _ in terms)
         self.weights = [w for _, w in terms]
         self.regression = regression
+        for term in self.terms:
+            if hasattr(term, "bind"):  # e.g. the MLM head ties its decoder to the student's embeddings
+                term.bind(student)
+        self.need = Need()
+        for term in self.terms:
+            self.need = self.need | term.student_need()
 
-    def forward(self, inputs, labels, teacher_logits, teacher_weights):
-        logits = self.student(**inputs).logits  # [B, C]
-        batch = Batch(logits, teacher_logits, teacher_weights, labels, self.regression)
+    def forward(self, inputs, labels, teacher_feats, teacher_weights, run_teachers):
+        student = forward_features(self.student, inputs, self.need)
+        batch = Batch(student, teacher_feats, teacher_weights, labels, self.regression, inputs,
+                      run_student=lambda perm, lam: mixed_forward(self.student, inputs, perm, lam),
+                      run_teachers=run_teachers)
         parts = torch.stack([term(batch) for term in self.terms])  # [n_terms]
         return (parts * parts.new_tensor(self.weights)).sum(), parts.detach()
 
@@ -95,16 +108,20 @@ def ds_config(training: Training, settings: DeepSpeedSettings, world_size: int) 
     return cfg
 
 
-def _optimizer(module: nn.Module, training: Training) -> torch.optim.Optimizer:
-    """AdamW with no decay on biases and LayerNorms (BERT's recipe).  A torch optimizer passed to
+def _optimizer(module: nn.Module, training: Training, lr_scale: LrScale | None) -> torch.optim.Optimizer:
+    """AdamW with no decay on biases and LayerNorms (BERT's recipe), one group per lr multiplier
+    (progressive transfer trains earlier blocks at a reduced rate).  A torch optimizer passed to
     DeepSpeed avoids JIT-compiling its FusedAdam op; on CUDA torch's own fused kernel is used."""
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": training.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale = lr_scale(name.removeprefix("student.")) if lr_scale and name.startswith("student.") else 1.0
+        p.requires_grad_(scale > 0)
+        if scale > 0:
+            groups.setdefault((p.ndim < 2, scale), []).append(p)
+    param_groups = [{"params": ps, "weight_decay": 0.0 if no_decay else training.weight_decay, "lr": training.lr * scale}
+                    for (no_decay, scale), ps in groups.items()]
     cuda = device().type == "cuda"
-    return torch.optim.AdamW(groups, lr=training.lr, fused=cuda, foreach=not cuda)
+    return torch.optim.AdamW(param_groups, lr=training.lr, fused=cuda, foreach=not cuda)
 
 
 def _warmup_linear(total: int, warmup_ratio: float):
@@ -123,17 +140,23 @@ def _to(batch: dict, dev: torch.device) -> dict:
 
 
 def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[Term, float]],
-                train_ds, task: Task, training: Training, settings: DeepSpeedSettings,
-                pad_id: int, seed: int, desc: str) -> tuple[nn.Module, dict]:
+                train_ds, regression: bool, training: Training, settings: DeepSpeedSettings,
+                pad_id: int, seed: int, desc: str, mask_tokens: Callable | None = None,
+                lr_scale: LrScale | None = None) -> tuple[nn.Module, dict]:
+    """Train ``student`` on ``train_ds`` with the weighted ``terms``; returns (engine, stats).
+
+    ``mask_tokens(input_ids) -> (input_ids, mlm_labels)`` turns a step into masked-LM data (a corpus
+    phase); ``lr_scale`` gives per-parameter learning-rate multipliers, 0 freezing a parameter.
+    """
     rank, world_size = world()
     dev = device()
     torch.manual_seed(seed)
-    module = Objective(student, terms, task.is_regression)
+    module = Objective(student, terms, regression)
     n = len(train_ds)
     per_epoch = math.ceil(n / training.batch_size)
     total = training.max_steps or max(1, math.ceil(training.epochs * per_epoch))
     engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=_optimizer(module, training), config=ds_config(training, settings, world_size),
+        model=module, optimizer=_optimizer(module, training, lr_scale), config=ds_config(training, settings, world_size),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _warmup_linear(total, training.warmup_ratio)),
     )
     dtype = model_dtype(settings)
@@ -142,7 +165,13 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     t_weights = torch.tensor([t.weight for t in teachers] or [1.0], device=dev)
     t_weights = t_weights / t_weights.sum()
 
-    collate = Collator(pad_id, task.is_regression)
+    # what each teacher must expose (hidden states, q/k/v of some blocks): only what the terms read
+    t_needs = [Need() for _ in teachers]
+    for term in module.terms:
+        if term.needs_teacher:
+            t_needs = [n | term.teacher_need(i) for i, n in enumerate(t_needs)]
+
+    collate = Collator(pad_id, regression)
     lengths = np.asarray(train_ds["length"])
     ga = settings.gradient_accumulation_steps
     engine.train()
@@ -158,11 +187,18 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
                 break
             mine = rank_shard(gbatch, rank, world_size)
             for micro in np.array_split(mine, ga):
-                batch = _to(collate([train_ds[int(i)] for i in micro]), dev)
+                batch = collate([train_ds[int(i)] for i in micro])
+                if mask_tokens is not None:  # the teacher sees the same masked text as the student
+                    batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"])
+                batch = _to(batch, dev)
                 inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
                 with torch.no_grad():  # teachers are frozen: no graph, no gradient
-                    t_logits = [t.model(**inputs).logits for t in teachers]
-                loss, parts = engine(inputs, batch["labels"], t_logits, t_weights)
+                    t_feats = [forward_features(t.model, inputs, need) for t, need in zip(teachers, t_needs)]
+
+                def run_teachers(perm, lam, inputs=inputs):
+                    with torch.no_grad():
+                        return [mixed_forward(t.model, inputs, perm, lam) for t in teachers]
+                loss, parts = engine(inputs, batch.get("labels"), t_feats, t_weights, run_teachers)
                 engine.backward(loss)
                 engine.step()
                 loss_sum += loss.detach().float()

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import pydantic
+import yaml
 from pydantic import Field, model_validator
 
-from harness.losses import TERMS
+from harness.losses import TERMS, Shape, Term, TermError
 from harness.registry import UnknownName
-from harness.schema import ConfigError, Strict, load
+from harness.schema import ConfigError, Strict, parse, read_yaml
 from harness.tasks import get_task
 
 
@@ -135,13 +136,56 @@ class SpeedSettings(Strict):
     iters: int = Field(10, gt=0, description="timed iterations for batch-1 latency")
 
 
+class Corpus(Strict):
+    """Unlabeled text for a general (task-agnostic) distillation phase.  With neither ``files`` nor
+    ``glue`` (``corpus: {}``) it is the recipe's own task's training inputs, capped and tokenized as
+    for the task phase, labels ignored."""
+
+    files: list[str] = Field(default_factory=list, description="text files, one sentence or document per line "
+                                                               "(relative to the recipe's folder)")
+    glue: list[str] = Field(default_factory=list, description="GLUE tasks whose training sentences are used as text")
+    max_examples: int | None = Field(None, gt=0, description="cap on lines of files/glue text (a seeded sample)")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="fraction of tokens masked (80/10/10, as BERT) "
+                                                                 "when the phase has an mlm term")
+
+    @model_validator(mode="after")
+    def _tasks(self):
+        for t in self.glue:
+            try:
+                get_task(t)
+            except UnknownName as e:
+                raise ValueError(f"glue: {e}") from None
+        return self
+
+
+class Progressive(Strict):
+    """MobileBERT's progressive knowledge transfer: the phase is run once per student block, bottom up,
+    with its layer-wise terms restricted to that block."""
+
+    lower: Literal["freeze", "reduced_lr"] = Field("freeze", description="what happens to the blocks (and "
+                                                                         "embeddings) below the one being trained")
+    lr_scale: float = Field(0.1, gt=0, le=1, description="their learning-rate multiplier with lower: reduced_lr")
+
+
+class Phase(Strict):
+    """One training phase; a recipe's phases run in order, each starting from the previous student."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    objective: list[TermSpec] = Field(min_length=1)
+    training: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's 'training'")
+    corpus: Corpus | None = Field(None, description="general distillation on this text (pretrained teachers, "
+                                                    "MLM data); default: the recipe's task with fine-tuned teachers")
+    progressive: Progressive | None = None
+
+
 class Recipe(Strict):
     name: str | None = Field(None, description="run name; default: the file's path under recipes/")
     description: str = ""
     task: str
     teachers: list[TeacherRef] = Field(default_factory=list)
     student: Student
-    objective: list[TermSpec] = Field(min_length=1)
+    objective: list[TermSpec] | None = Field(None, min_length=1, description="a one-phase recipe's terms")
+    phases: list[Phase] | None = Field(None, min_length=1, description="several phases (instead of 'objective')")
     training: Training = Training()
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     speed: SpeedSettings = SpeedSettings()
@@ -152,9 +196,29 @@ class Recipe(Strict):
             get_task(self.task)
         except UnknownName as e:
             raise ValueError(f"task: {e}") from None
-        needs = [t.term for t in self.objective if TERMS.get(t.term).needs_teacher]
-        if needs and not self.teachers:
-            raise ValueError(f"objective terms {needs} need a teacher, but 'teachers' is empty")
+        if (self.objective is None) == (self.phases is None):
+            raise ValueError("give either 'objective' (one phase) or 'phases', not both or neither")
+        for where, phase in self.named_phases():
+            needs = [t.term for t in phase.objective if TERMS.get(t.term).needs_teacher]
+            if needs and not self.teachers:
+                raise ValueError(f"{where}objective: terms {needs} need a teacher, but 'teachers' is empty")
+            try:
+                Training.model_validate(self.training.model_dump() | phase.training)
+            except pydantic.ValidationError as e:
+                first = e.errors(include_url=False)[0]
+                field = ".".join(["training", *map(str, first["loc"])])
+                raise ValueError(f"{where}{field}: {first['msg'].removeprefix('Value error, ')}") from None
+            for i, t in enumerate(phase.objective):
+                level = TERMS.get(t.term).level
+                if phase.corpus is not None and level == "logits":
+                    raise ValueError(f"{where}objective[{i}]: {t.term} needs task labels or logits; a corpus "
+                                     "phase has neither (use mlm and intermediate terms)")
+                if phase.corpus is None and level == "mlm":
+                    raise ValueError(f"{where}objective[{i}]: {t.term} belongs in a corpus phase")
+        last_where, last = self.named_phases()[-1]
+        if last.corpus is not None or last.progressive is not None:
+            raise ValueError(f"{last_where}: the last phase must train on the task (no corpus, not progressive) "
+                             "so the classifier is trained")
         if isinstance(self.student, (TeacherLayersStudent, ConfigStudent)) and not self.teachers:
             card = self.student.card if isinstance(self.student, TeacherLayersStudent) else self.student.tokenizer_card
             if card is None:
@@ -165,6 +229,15 @@ class Recipe(Strict):
     @property
     def canonical_task(self) -> str:
         return get_task(self.task).name
+
+    def named_phases(self) -> list[tuple[str, Phase]]:
+        """[(field prefix for messages, phase)]; a one-phase recipe is the phase 'task'."""
+        if self.phases is None:
+            return [("", Phase(name="task", objective=self.objective or []))]
+        return [(f"phases[{i}].", p) for i, p in enumerate(self.phases)]
+
+    def phase_training(self, phase: Phase) -> Training:
+        return Training.model_validate(self.training.model_dump() | phase.training)
 
     def resolved(self) -> dict:
         """The recipe with every default filled in: what a run record stores and hashes."""
@@ -185,11 +258,15 @@ def default_name(path: Path) -> str:
     return path.stem
 
 
-def load_recipe(path: Path, teachers_dir: Path | None = None) -> Recipe:
-    """Parse and check a recipe file, including its teacher-card references."""
+def load_recipe(path: Path, teachers_dir: Path | None = None, overrides: list[str] = ()) -> Recipe:
+    """Parse and check a recipe file, including its teacher-card references and its terms' fit to the
+    models' shapes.  ``overrides`` are ``dotted.key=yaml`` strings applied after ``defaults``."""
     from harness.teachers import find_card, load_card  # local: teachers imports recipe's Training
 
-    recipe = load(Recipe, path)
+    data = read_with_defaults(path)
+    for kv in overrides:
+        apply_override(data, kv, path)
+    recipe = parse(Recipe, data, path)
     if recipe.name is None:
         recipe = recipe.model_copy(update={"name": default_name(path)})
     s = recipe.student
@@ -221,4 +298,93 @@ def load_recipe(path: Path, teachers_dir: Path | None = None) -> Recipe:
             cards[f"teachers[{i}].card"].finetune_for(recipe.canonical_task, t.finetune)
         except ConfigError as e:
             raise ConfigError(f"{path}: teachers[{i}].finetune: {e}") from None
+    # build every term for the models' shapes: layer maps, widths and head counts are checked here
+    student = student_shape(recipe, cards)
+    if student is not None:
+        teachers = [Shape(c.layers, c.hidden, c.heads) for k, c in cards.items() if k.startswith("teachers[")]
+        for where, phase in recipe.named_phases():
+            try:
+                build_terms(phase, student, teachers, where)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
     return recipe
+
+
+def read_with_defaults(path: Path, _seen: tuple = ()) -> dict:
+    """The recipe's YAML merged over the files it names in ``defaults`` (a path or a list, relative to
+    it, merged in order; mappings merge key by key, anything else is replaced).  Lets a family of
+    recipes keep shared settings in one file; the merge is plain data, nothing is executed."""
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: defaults: circular ({' -> '.join(map(str, _seen))})")
+    data = read_yaml(path)
+    refs = data.pop("defaults", [])
+    merged: dict = {}
+    for ref in [refs] if isinstance(refs, str) else refs:
+        base = path.parent / ref
+        if not base.is_file():
+            raise ConfigError(f"{path}: defaults: no file {base}")
+        merged = _merge(merged, read_with_defaults(base, _seen + (path.resolve(),)))
+    return _merge(merged, data)
+
+
+def apply_override(data: dict, kv: str, path: Path) -> None:
+    """``training.lr=1e-4`` or ``teachers.0.finetune={max_train_examples: 2000}`` into the raw recipe."""
+    key, sep, raw = kv.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {kv!r}: expected KEY=VALUE, e.g. training.max_train_examples=2000")
+    value = yaml.safe_load(raw)
+    node, parts = data, key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{path}: --set {key}: '{'.'.join(parts[:i])}' is a list of {len(node)}; "
+                                  f"'{part}' is not an index in it")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{path}: --set {key}: '{'.'.join(parts[:i])}' is not a mapping")
+        if last:
+            node[part] = _merge(node[part], value) if isinstance(value, dict) and isinstance(
+                node[part] if isinstance(node, list) else node.get(part), dict) else value
+        else:
+            if isinstance(node, dict) and part not in node:
+                node[part] = {}
+            node = node[part]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def student_shape(recipe: Recipe, cards: dict) -> Shape | None:
+    """The student's depth, width and heads, known without loading weights (None: a Hub checkpoint)."""
+    s = recipe.student
+    if isinstance(s, ConfigStudent):
+        return Shape(s.layers, s.hidden, s.heads)
+    if isinstance(s, TeacherLayersStudent):
+        c = cards["student.card" if s.card else "teachers[0].card"]
+        return Shape(len(s.layers), c.hidden, c.heads)
+    cfg = Path(s.checkpoint) / "config.json"
+    if cfg.is_file():
+        c = json.loads(cfg.read_text())
+        return Shape(c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"])
+    return None
+
+
+def build_terms(phase: Phase, student: Shape, teachers: list[Shape], where: str = "") -> list[tuple[Term, float]]:
+    """The phase's terms built for these shapes; a TermError becomes a ConfigError naming the field."""
+    out = []
+    for i, spec in enumerate(phase.objective):
+        cls = TERMS.get(spec.term)
+        try:
+            term = cls(spec.params, student, teachers if cls.needs_teacher else [])
+        except TermError as e:
+            raise ConfigError(f"{where}objective[{i}].{e} ({spec.term})") from None
+        if phase.progressive is not None and type(term).restrict is Term.restrict:
+            raise ConfigError(f"{where}objective[{i}]: {spec.term} has no layer map, so it cannot be "
+                              "trained block by block in a progressive phase")
+        out.append((term, spec.weight))
+    return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass
@@ -15,15 +16,17 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from transformers import DataCollatorForLanguageModeling
 
 from harness import bench
-from harness.data import tokenize
-from harness.distill import Teacher, predict, train_stage, world
-from harness.losses import TERMS
+from harness.data import corpus_lines, tokenize, tokenize_corpus
+from harness.distill import Teacher, device, predict, train_stage, world
+from harness.losses import TERMS, Shape
 from harness.metrics import compute_metrics, task_headline
-from harness.models import (build_student, count_parameters, load_classifier, load_tokenizer, save_model,
-                            weights_size_bytes)
-from harness.recipe import DeepSpeedSettings, Recipe, SpeedSettings, Training, recipe_hash
+from harness.models import (build_student, count_parameters, encoder_layers, load_classifier, load_tokenizer,
+                            save_model, weights_size_bytes)
+from harness.recipe import (Corpus, DeepSpeedSettings, Progressive, Recipe, SpeedSettings, Training, build_terms,
+                            recipe_hash)
 from harness.results import env_info, write_record
 from harness.tasks import Task, get_task
 from harness.teachers import REPO_ROOT, Card, cache_dir, find_card, finetuned_dir, load_card
@@ -72,20 +75,106 @@ def _tokenize_all(task: Task, tok, training: Training, glue_dir: Path | None):
     return out
 
 
-def train_and_evaluate(model, tok, teachers: list[Teacher], terms, task: Task, training: Training,
-                       settings: DeepSpeedSettings, seed: int, label: str, glue_dir: Path | None):
-    train_ds, devs = _tokenize_all(task, tok, training, glue_dir)
-    engine, stats = train_stage(model, teachers, terms, train_ds, task, training, settings,
-                                tok.pad_token_id, seed, desc=f"train {label} on {task.display}")
-    student = engine.module.student
+def evaluate(student, tok, devs: dict, task: Task, training: Training, label: str):
     preds, dev_metrics = {}, {}
     for split, ds in devs.items():
         rows = predict(student, ds, task, training.eval_batch_size, tok.pad_token_id, desc=f"eval {label} {split}")
         preds[split] = rows
         dev_metrics[split] = compute_metrics(task, [r[1] for r in rows], [r[2] for r in rows])
+    return preds, dev_metrics
+
+
+def train_and_evaluate(model, tok, teachers: list[Teacher], terms, task: Task, training: Training,
+                       settings: DeepSpeedSettings, seed: int, label: str, glue_dir: Path | None):
+    """One task phase then dev evaluation (teacher fine-tuning uses this)."""
+    train_ds, devs = _tokenize_all(task, tok, training, glue_dir)
+    engine, stats = train_stage(model, teachers, terms, train_ds, task.is_regression, training, settings,
+                                tok.pad_token_id, seed, desc=f"train {label} on {task.display}")
+    student = engine.module.student
+    preds, dev_metrics = evaluate(student, tok, devs, task, training, label)
     if settings.zero_stage == 3:
         student = _gather_zero3(student)
     return student, stats, preds, dev_metrics
+
+
+def shape_of(model) -> Shape:
+    return Shape(len(encoder_layers(model)), model.config.hidden_size, model.config.num_attention_heads)
+
+
+def _progressive_scale(block: int, spec: Progressive):
+    """lr multipliers while block ``block`` is trained: 1 for it, 0 (frozen) or spec.lr_scale for what is
+    below it (embeddings, shared position bias, lower blocks), 0 for the blocks above and the head."""
+    lower = 0.0 if spec.lower == "freeze" else spec.lr_scale
+
+    def scale(name: str) -> float:
+        m = re.search(r"encoder\.layer\.(\d+)\.", name)
+        if m:
+            b = int(m.group(1))
+            return 1.0 if b == block else lower if b < block else 0.0
+        return lower if ".embeddings." in name or "encoder." in name else 0.0
+    return scale
+
+
+def train_phases(recipe: Recipe, path: Path, model, tok, finetuned: list[Teacher], task: Task, seed: int,
+                 label: str, opts: Options):
+    """Run the recipe's phases in order on one student; returns (student, per-phase stats, train data)."""
+    s_shape = shape_of(model)
+    stats = []
+    for where, phase in recipe.named_phases():
+        training = recipe.phase_training(phase)
+        mask_tokens = None
+        if phase.corpus is None:
+            teachers = finetuned
+            train_ds, _ = _tokenize_all(task, tok, training, opts.glue_dir)
+        else:  # general distillation: the pretrained encoders teach, on masked text
+            teachers = [Teacher(load_classifier(c.pretrained_path(), task), t.weight)
+                        for c, t in zip(_cards(recipe, path, opts), recipe.teachers)]
+            if phase.corpus.files or phase.corpus.glue:
+                train_ds = _corpus(phase.corpus, tok, training, path.parent, opts.glue_dir)
+            else:  # the task's own (capped) training text, labels unused
+                train_ds = _tokenize_all(task, tok, training, opts.glue_dir)[0].remove_columns("label")
+            if any(t.term == "mlm" for t in phase.objective):
+                mlm = DataCollatorForLanguageModeling(tok, mlm_probability=phase.corpus.mlm_probability)
+                mask_tokens = lambda ids: mlm.torch_mask_tokens(ids)  # noqa: E731  (global RNG, seeded per stage)
+        t_shapes = [shape_of(t.model) for t in teachers]
+        blocks = list(range(s_shape.layers)) if phase.progressive else [None]
+        for block in blocks:
+            terms = build_terms(phase, s_shape, t_shapes, where)
+            lr_scale = None
+            if block is not None:
+                terms = [(t, w) for t, w in terms if t.restrict(block)]
+                lr_scale = _progressive_scale(block, phase.progressive)
+                if not terms:
+                    continue
+            desc = f"{phase.name}{'' if block is None else f' block {block}'}: {label}"
+            engine, st = train_stage(model, teachers, terms, train_ds, task.is_regression, training, recipe.deepspeed,
+                                     tok.pad_token_id, seed, desc, mask_tokens, lr_scale)
+            model = engine.module.student
+            if recipe.deepspeed.zero_stage == 3:  # a plain full model for the next stage and for saving
+                model = _gather_zero3(model).to(device())
+            stats.append({"phase": phase.name, "block": block, "terms": [t.term for t in phase.objective], **st})
+            del engine
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, stats
+
+
+def _corpus(corpus: Corpus, tok, training: Training, recipe_dir: Path, glue_dir: Path | None):
+    files = [Path(f).expanduser() if Path(f).expanduser().is_absolute() else recipe_dir / f for f in corpus.files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"corpus files not found: {missing}")
+    out = None
+    for turn in (0, 1):  # rank 0 tokenizes into the cache first
+        if (world()[0] == 0) == (turn == 0):
+            lines = corpus_lines(files, [get_task(t) for t in corpus.glue], glue_dir)
+            out = tokenize_corpus(lines, tok, training.max_length, corpus.max_examples)
+        barrier()
+    return out
+
+
+def _cards(recipe: Recipe, path: Path, opts: Options) -> list[Card]:
+    return [load_card(find_card(t.card, path.parent, opts.teachers_dir)) for t in recipe.teachers]
 
 
 def _gather_zero3(student):
@@ -148,7 +237,7 @@ def _summary(m: dict, where: Path) -> None:
 
 def run_recipe(path: Path, recipe: Recipe, opts: Options) -> None:
     task = get_task(recipe.task)
-    cards = [load_card(find_card(t.card, path.parent, opts.teachers_dir)) for t in recipe.teachers]
+    cards = _cards(recipe, path, opts)
     for seed in recipe.training.seeds:
         resolved = recipe.resolved() | {"seed": seed, "teacher_checkpoints": [
             {"card": c.name, "source": c.source_spec(),
@@ -174,15 +263,19 @@ def run_recipe(path: Path, recipe: Recipe, opts: Options) -> None:
             if load_tokenizer(folder).get_vocab() != tok.get_vocab():
                 raise ValueError(f"{path}: teacher {c.name} and the student use different tokenizers; "
                                  "recipes mixing tokenizers are not supported yet")
-        terms = [(TERMS.get(t.term)(t.params), t.weight) for t in recipe.objective]
-        student, stats, preds, dev = train_and_evaluate(
-            model, tok, teachers, terms, task, recipe.training, recipe.deepspeed, seed, label, opts.glue_dir)
+        student, phase_stats = train_phases(recipe, path, model, tok, teachers, task, seed, label, opts)
+        last_training = recipe.phase_training(recipe.named_phases()[-1][1])
+        _, devs = _tokenize_all(task, tok, last_training, opts.glue_dir)
+        preds, dev = evaluate(student, tok, devs, task, last_training, label)
+        stats = dict(phase_stats[-1])  # the task phase: what the tables' training-size marks read
+        if len(phase_stats) > 1:
+            stats["phases"] = phase_stats
         if is_main():
             ckpt = cache_dir() / "students" / recipe.name / f"seed{seed}-{rhash}"
             metrics = {"kind": "student", "name": recipe.name, "task": task.name, "model": label,
                        "lineage": [c.name for c in cards] + [label],
                        "teachers": [{"card": c.name, "weight": t.weight} for c, t in zip(cards, recipe.teachers)],
-                       "terms": [t.term for t in recipe.objective], "seed": seed, "recipe_hash": rhash,
+                       "terms": list(dict.fromkeys(t.term for _, p in recipe.named_phases() for t in p.objective)), "seed": seed, "recipe_hash": rhash,
                        "dev": dev, "score": task_headline(task, dev), "train": stats,
                        **_finish(student, tok, ckpt, recipe.speed),
                        "teacher_speed": teacher_info[0][1]["speed"] if teacher_info else None,

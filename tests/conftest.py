@@ -31,7 +31,7 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_card(tmp_path_factory, cache) -> Path:
-    """A randomly initialised 4-layer BERT (hidden 32) with the bert-base-uncased vocabulary of the
+    """A randomly initialised 4-layer BERT (hidden 48) with the bert-base-uncased vocabulary of the
     bundled all-MiniLM-L6-v2 tokenizer, saved as a local checkpoint, and a card pointing at it."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -46,13 +46,13 @@ def tiny_card(tmp_path_factory, cache) -> Path:
     import torch
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=48, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=96, max_position_embeddings=128)
     BertModel(cfg).save_pretrained(d / "model")
     tok.save_pretrained(d / "model")
     card = d / "tiny-bert.yaml"
     card.write_text(
-        "name: tiny-bert\narchitecture: bert\nlayers: 4\nhidden: 32\nheads: 2\n"
+        "name: tiny-bert\narchitecture: bert\nlayers: 4\nhidden: 48\nheads: 4\n"
         "checkpoint: {path: model}\n"
         "finetune: {epochs: 2, lr: 1.0e-3, batch_size: 16, max_length: 48, max_train_examples: 256}\n")
     return card

@@ -1,31 +1,64 @@
-"""What every objective term shares: the registry, the per-step inputs and the module interface."""
+"""What every objective term shares: the registry, the per-step inputs, layer maps and projections."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal, Union
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from harness.features import Features, Need
 from harness.registry import Registry
 from harness.schema import Strict
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a term needs to know of a model to build itself: depth, width and attention heads."""
+
+    layers: int
+    hidden: int
+    heads: int
+
+
+class TermError(ValueError):
+    """A term that cannot be built for these models; ``field`` names the offending parameter."""
+
+    def __init__(self, field: str, msg: str):
+        super().__init__(f"{field}: {msg}")
+        self.field = field
 
 
 @dataclass
 class Batch:
     """What a term sees at one step.
 
-    student_logits:   [B, C] (C = 1 for regression)
-    teacher_logits:   one [B, C] tensor per teacher, no grad, in recipe order
+    student:          the student's Features (logits [B, C]; hidden states and q/k/v when asked)
+    teachers:         one Features per teacher, computed without gradient, in recipe order
     teacher_weights:  [K] recipe weights of the K teachers, normalised to sum to 1
-    labels:           [B] class ids (long) or gold scores (float, regression)
+    labels:           [B] class ids (long), gold scores (float, regression) or MLM labels [B, T]
+    inputs:           the model inputs of the step (for terms that run the models again: MixKD)
+    run_student / run_teachers: ``(perm, lam) -> Features`` / list of Features: the models on
+                      mixup-interpolated word embeddings (MixKD; the teachers without gradient)
     """
 
-    student_logits: torch.Tensor
-    teacher_logits: list[torch.Tensor]
+    student: Features
+    teachers: list[Features]
     teacher_weights: torch.Tensor
     labels: torch.Tensor
     regression: bool
+    inputs: dict = field(default_factory=dict)
+    run_student: Callable | None = None
+    run_teachers: Callable | None = None
+
+    @property
+    def student_logits(self) -> torch.Tensor:
+        return self.student.logits
+
+    @property
+    def teacher_logits(self) -> list[torch.Tensor]:
+        return [t.logits for t in self.teachers]
 
 
 class NoParams(Strict):
@@ -35,21 +68,135 @@ class NoParams(Strict):
 class Term(nn.Module):
     """An objective term: ``forward(batch) -> scalar loss``.
 
-    Subclasses set ``Params`` (a Strict pydantic model validated from the recipe entry) and
-    ``needs_teacher``.  A term may own trainable parameters (e.g. a projection); they are optimised
-    with the student and never saved with it.
+    Subclasses set ``Params`` (a Strict pydantic model validated from the recipe entry),
+    ``needs_teacher`` and ``level`` ("logits": needs task labels/logits; "features": intermediate
+    only, so usable on an unlabeled corpus).  A term is built for concrete model shapes and may own
+    trainable parameters (projections, an MLM head); they are optimised with the student and never
+    saved with it.  Build errors raise :class:`TermError` naming the parameter.
     """
 
     Params: ClassVar[type[Strict]] = NoParams
     needs_teacher: ClassVar[bool] = False
+    level: ClassVar[Literal["logits", "features", "mlm"]] = "logits"
     summary: ClassVar[str] = ""
 
-    def __init__(self, params: Strict):
+    def __init__(self, params: Strict, student: Shape | None = None, teachers: list[Shape] = ()):
         super().__init__()
         self.params = params
+        self.student_shape = student
+        self.teacher_shapes = list(teachers)
+
+    def student_need(self) -> Need:
+        return Need()
+
+    def teacher_need(self, i: int) -> Need:
+        return Need()
+
+    def restrict(self, student_block: int) -> bool:
+        """Keep only the layer pairs of one student block (progressive transfer); False if none."""
+        return False
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
 TERMS: Registry[type[Term]] = Registry("objective term")
+
+
+# -- layer maps ------------------------------------------------------------------------------------
+LayerMap = Union[Literal["uniform", "skip", "last", "final"], list[Union[int, None]]]
+LAYER_MAP_HELP = ("uniform: student block i <- teacher block i*k+k-1 (TinyBERT, k = teacher/student depth); "
+                  "skip / last: PKD-skip / PKD-last (all but the top student block); final: top block only; "
+                  "or a list giving the teacher block (0-based) for each student block, null to skip one")
+
+
+class MappedParams(Strict):
+    layer_map: LayerMap = Field("uniform", description=LAYER_MAP_HELP)
+    projection: bool = Field(True, description="learn a linear map student width -> teacher width when they differ")
+
+
+class AttentionParams(Strict):
+    layer_map: LayerMap = Field("uniform", description=LAYER_MAP_HELP)
+
+
+def layer_pairs(spec: LayerMap, m: int, n: int, field: str = "layer_map") -> list[tuple[int, int]]:
+    """(student block, teacher block) pairs, 0-based, for an m-block student and an n-block teacher."""
+    if isinstance(spec, list):
+        if len(spec) != m:
+            raise TermError(field, f"lists {len(spec)} teacher blocks but the student has {m} blocks")
+        bad = [t for t in spec if t is not None and not 0 <= t < n]
+        if bad:
+            raise TermError(field, f"teacher blocks {bad} past the teacher's depth ({n} blocks, 0..{n - 1})")
+        return [(i, t) for i, t in enumerate(spec) if t is not None]
+    if m > n:
+        raise TermError(field, f"'{spec}' needs a student no deeper than its teacher ({m} > {n} blocks)")
+    if spec == "final":
+        return [(m - 1, n - 1)]
+    if spec == "last":  # PKD-last: the m-1 teacher blocks just below the top one
+        return [(i, n - m + i) for i in range(m - 1)]
+    uniform = [(i, round((i + 1) * n / m) - 1) for i in range(m)]  # TinyBERT g(m) = m * n / m', 1-based
+    return uniform[:-1] if spec == "skip" else uniform
+
+
+def projection(s: int, t: int, enabled: bool, what: str = "hidden width") -> nn.Module:
+    """TinyBERT's W_h: a learned linear map from the student's width to the teacher's, when they differ."""
+    if s == t:
+        return nn.Identity()
+    if not enabled:
+        raise TermError("projection", f"student {what} {s} differs from teacher {what} {t}; "
+                                      "set projection: true to learn a linear map between them")
+    return nn.Linear(s, t)
+
+
+class MappedTerm(Term):
+    """A term comparing mapped student/teacher blocks, with one projection per teacher."""
+
+    Params = MappedParams
+    needs_teacher = True
+    level = "features"
+    same_heads: ClassVar[bool] = False  # attention distributions need equal head counts
+    reads: ClassVar[Literal["hidden", "attention"]] = "hidden"  # what the pairs index
+
+    def __init__(self, params: Any, student: Shape | None = None, teachers: list[Shape] = ()):
+        super().__init__(params, student, teachers)
+        self.pairs: list[list[tuple[int, int]]] = []
+        self.proj = nn.ModuleList()
+        if student is None:
+            return
+        for t in teachers:
+            self.pairs.append(self._pairs(student, t))
+            if self.same_heads and student.heads != t.heads:
+                raise TermError("term", f"compares attention distributions head by head, but the student "
+                                        f"has {student.heads} heads and the teacher {t.heads}")
+            # attention scores and distributions do not depend on width: only hidden terms project
+            self.proj.append(projection(student.hidden, t.hidden, params.projection)
+                             if self.reads == "hidden" else nn.Identity())
+
+    def _pairs(self, student: Shape, teacher: Shape) -> list[tuple[int, int]]:
+        return layer_pairs(self.params.layer_map, student.layers, teacher.layers)
+
+    def student_need(self) -> Need:
+        if self.reads == "hidden":
+            return Need(hidden=True)
+        return Need(qkv=frozenset(m for ps in self.pairs for m, _ in ps))
+
+    def teacher_need(self, i: int) -> Need:
+        if self.reads == "hidden":
+            return Need(hidden=True)
+        return Need(qkv=frozenset(n for _, n in self.pairs[i]))
+
+    def restrict(self, student_block: int) -> bool:
+        self.pairs = [[p for p in ps if p[0] == student_block] for ps in self.pairs]
+        return any(self.pairs)
+
+    def per_teacher(self, batch: Batch, fn: Callable) -> torch.Tensor:
+        """sum_k w_k * fn(student, teacher_k, pairs_k, projection_k)."""
+        return sum(w * fn(batch.student, t, pairs, proj)
+                   for w, t, pairs, proj in zip(batch.teacher_weights, batch.teachers, self.pairs, self.proj))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x [B, T, ...] over the real tokens of mask [B, T] (and over trailing dims)."""
+    m = mask.to(x.dtype).view(*mask.shape, *([1] * (x.ndim - 2)))
+    per_token = x[0, 0].numel() if x.ndim > 2 else 1
+    return (x * m).sum() / (m.sum() * per_token)
