@@ -104,7 +104,14 @@ def _zoo_recipes(tmp: Path, card: Path) -> list[Path]:
 def test_every_method_runs_end_to_end(tmp_path, tiny_card):
     results = tmp_path / "results"
     paths = _zoo_recipes(tmp_path, tiny_card)
-    res = harness_cli("run", *map(str, paths), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
+    # general distillation on a text file (one sentence a line), then the task
+    (tmp_path / "corpus.txt").write_text("".join(f"sentence number {i} of a small corpus .\n" for i in range(50)))
+    general = tmp_path / "general-files.yaml"
+    general.write_text("defaults: _base.yaml\nname: general-files\nphases:\n"
+                       "  - {name: general, corpus: {files: [corpus.txt], max_examples: 40}, training: {epochs: 2},\n"
+                       "     objective: [{term: mlm}, {term: hidden_mse, layer_map: [1, 3]}]}\n"
+                       "  - {name: task, objective: [{term: ce}]}\n")
+    res = harness_cli("run", *map(str, paths), str(general), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
     assert res.returncode == 0, res.stderr[-4000:]
     runs = {m: json.loads((results / "runs" / f"zoo-{m}" / "seed42" / "metrics.json").read_text()) for m in METHODS}
     expected_terms = {"nokd": ["ce"], "kd": ["hinton_kd"], "pkd": ["hinton_kd", "pkd"],
@@ -124,6 +131,10 @@ def test_every_method_runs_end_to_end(tmp_path, tiny_card):
     assert [(p["phase"], p["block"]) for p in runs["mobilebert"]["train"]["phases"]] == [
         ("progressive", 0), ("progressive", 1), ("finetune", None)]
     assert [p["phase"] for p in runs["tinybert"]["train"]["phases"]] == ["intermediate", "prediction"]
+    g = json.loads((results / "runs" / "general-files" / "seed42" / "metrics.json").read_text())["train"]["phases"]
+    assert g[0]["phase"] == "general" and g[0]["train_examples"] == 40 and g[0]["steps"] == 6  # 2 epochs of 40 / 16
+    mlm = [h["terms"][0] for h in g[0]["loss_history"]]
+    assert mlm[-1] < mlm[0], mlm  # the MLM head and student learn the little corpus
     assert harness_cli("verify", "--results-dir", str(results)).returncode == 0
     table = (results / "glue.md").read_text()
     assert all(f"zoo-{m}" in table for m in METHODS)
@@ -154,3 +165,37 @@ def test_defaults_merge_and_circularity(tmp_path):
     (tmp_path / "d.yaml").write_text("defaults: c.yaml\n")
     with pytest.raises(ConfigError, match="circular"):
         read_with_defaults(tmp_path / "c.yaml")
+
+
+def test_stage_trains_student_and_terms_never_the_teacher(tmp_path):
+    """One real DeepSpeed stage in this process with intermediate terms and MixKD (the teacher runs on
+    mixed embeddings inside the step): the teacher ends with no gradients and unchanged weights."""
+    import datasets
+
+    from harness.distill import Teacher, train_stage
+    from harness.losses import TERMS, Shape
+    from harness.recipe import DeepSpeedSettings, Training
+    from harness.runner import init_distributed
+
+    init_distributed()
+    teacher, student = _tiny("bert"), _tiny("bert")
+    student.bert.encoder.layer = student.bert.encoder.layer[:2]
+    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before_s = {k: v.clone() for k, v in student.state_dict().items()}
+    s_shape, t_shape = Shape(2, 24, 4), Shape(3, 24, 4)
+    specs = [("hidden_mse", {"layer_map": "uniform"}), ("attention_kl", {"layer_map": "uniform"}),
+             ("minilmv2", {"relation_heads": 6}), ("mixkd", {}), ("hinton_kd", {})]
+    terms = [(TERMS.get(n)(TERMS.get(n).Params(**p), s_shape, [t_shape]), 1.0) for n, p in specs]
+    g = torch.Generator().manual_seed(0)
+    rows = [{"idx": i, "input_ids": torch.randint(5, 120, (n,), generator=g).tolist(), "attention_mask": [1] * n,
+             "label": i % 2, "length": n} for i, n in enumerate([5, 7, 6, 4, 7, 3, 5, 6])]
+    ds = datasets.Dataset.from_list(rows)
+    training = Training(epochs=2, batch_size=4, lr=1e-3, warmup_ratio=0.0, log_every=1)
+    engine, stats = train_stage(student, [Teacher(teacher, 1.0)], terms, ds, False, training, DeepSpeedSettings(),
+                                pad_id=1, seed=0, desc="test")
+    assert stats["steps"] == 4 and all(torch.isfinite(torch.tensor(h["terms"])).all() for h in stats["loss_history"])
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, before_t[k]) for k, v in teacher.state_dict().items())
+    after_s = engine.module.student.state_dict()
+    assert not torch.equal(after_s["bert.encoder.layer.0.attention.self.query.weight"],
+                           before_s["bert.encoder.layer.0.attention.self.query.weight"])
