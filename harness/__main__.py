@@ -81,6 +81,8 @@ def _launcher_cmd(args) -> list[str] | None:
         cmd.append("--force")
     if args.no_tables:
         cmd.append("--no-tables")
+    if args.no_teacher_cache:
+        cmd.append("--no-teacher-cache")
     return cmd
 
 
@@ -94,7 +96,7 @@ def cmd_run(args) -> int:
     from harness.tasks import resolve_glue_dir
 
     opts = runner.Options(results_dir=args.results_dir, glue_dir=resolve_glue_dir(args.glue_dir),
-                          teachers_dir=args.teachers_dir, force=args.force)
+                          teachers_dir=args.teachers_dir, force=args.force, teacher_cache=not args.no_teacher_cache)
     runner.init_distributed()
     for path, recipe in recipes:
         runner.run_recipe(path, recipe, opts)
@@ -152,6 +154,22 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from harness import teacher_cache
+
+    if args.action == "clear":
+        print(f"removed {teacher_cache.clear() / 2**20:.1f} MiB of teacher outputs from {teacher_cache.root()}")
+        return 0
+    rows = teacher_cache.listing()
+    for r in rows:
+        print(f"{r['key']}  {r['bytes'] / 2**20:9.1f} MiB  {r['examples']:7d} examples  {r['created']}  "
+              f"{', '.join(r['stored']) or 'logits only'}")
+    total = sum(r["bytes"] for r in rows)
+    print(f"{len(rows)} cached teacher output sets, {total / 2**20:.1f} MiB in {teacher_cache.root()} "
+          f"(cap per set: ${teacher_cache.MAX_GB_ENV}, default {teacher_cache.DEFAULT_MAX_GB:g} GiB)")
+    return 0
+
+
 def cmd_teachers(args) -> int:
     from harness.teachers import all_cards, find_card, load_card
 
@@ -189,6 +207,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--hostfile", type=Path, default=None, help="DeepSpeed hostfile for several machines")
     r.add_argument("--master-port", type=int, default=29533, help="rendezvous port for the launcher")
     r.add_argument("--no-tables", action="store_true", help="do not rebuild the tables at the end")
+    r.add_argument("--no-teacher-cache", action="store_true",
+                   help="run the teachers every step instead of reading their outputs from the on-disk cache")
 
     v = add("validate", cmd_validate, "check recipes (schema, task, teacher cards, terms) without loading models")
     v.add_argument("recipes", nargs="+")
@@ -205,6 +225,9 @@ def parser() -> argparse.ArgumentParser:
     vf.add_argument("--results-dir", type=Path, default=Path("results"))
 
     add("list", cmd_list, "show registered tasks, objective terms, teacher cards and recipes")
+
+    ca = add("cache", cmd_cache, "list or clear the cached teacher outputs (logits and features, on disk)")
+    ca.add_argument("action", choices=["ls", "clear"])
 
     te = add("teachers", cmd_teachers, "list teacher cards, or install their offline checkpoints")
     te.add_argument("action", choices=["list", "install"])

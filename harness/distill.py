@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import deepspeed
@@ -20,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.data import Collator, length_grouped_batches, rank_shard
+from harness import teacher_cache
 from harness.features import Need, forward_features, mixed_forward
 from harness.losses import Batch, Term
 from harness.recipe import DeepSpeedSettings, Training
@@ -57,6 +59,7 @@ def model_dtype(settings: DeepSpeedSettings) -> torch.dtype:
 class Teacher:
     model: nn.Module  # frozen, eval mode
     weight: float
+    source: Path | None = None  # its checkpoint folder: with it, the outputs can be cached on disk
 
 
 class Objective(nn.Module):
@@ -135,6 +138,39 @@ def _warmup_linear(total: int, warmup_ratio: float):
     return factor
 
 
+def _teacher_cache(teachers, needs, terms, ds, collate, training, why: str | None, dtype, dev, rank, desc):
+    """Per teacher a CachedTeacher or None, and what happened (for the record and the log)."""
+    if not teachers:
+        return [], {"status": "no teacher", "teacher_forward_examples_cached": 0}
+    live = [f"{type(t).__name__} {t.live_teacher}" for t in terms if t.live_teacher]
+    if why is None and live:
+        why = f"off: {live[0]}"
+    if why is None and any(t.source is None for t in teachers):
+        why = "off: a teacher without a checkpoint folder"
+    if why:
+        if rank == 0:
+            print(f"[{desc}] teacher-output cache {why}", flush=True)
+        return [None] * len(teachers), {"status": why, "teacher_forward_examples_cached": 0}
+    out, status, built = [], [], 0
+    for i, (t, need) in enumerate(zip(teachers, needs)):
+        t.model.to(dev, dtype=dtype)
+        if need.hidden and not need.layers:  # a term reading unspecified hidden states: keep them all
+            need = Need(need.hidden, need.qkv, frozenset(range(t.model.config.num_hidden_layers + 1)))
+        c, how = teacher_cache.prepare(t.model, t.source, ds, need, collate, dev, training.eval_batch_size,
+                                       rank == 0, _barrier, f"teacher {i}")
+        out.append(c)
+        status.append(how)
+        built += len(ds) if how == "built" else 0
+    if rank == 0:
+        print(f"[{desc}] teacher-output cache: {', '.join(status)}", flush=True)
+    return out, {"status": ", ".join(status), "teacher_forward_examples_cached": built}
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def _to(batch: dict, dev: torch.device) -> dict:
     return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
 
@@ -142,11 +178,12 @@ def _to(batch: dict, dev: torch.device) -> dict:
 def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[Term, float]],
                 train_ds, regression: bool, training: Training, settings: DeepSpeedSettings,
                 pad_id: int, seed: int, desc: str, mask_tokens: Callable | None = None,
-                lr_scale: LrScale | None = None) -> tuple[nn.Module, dict]:
+                lr_scale: LrScale | None = None, cache_teachers: bool = True) -> tuple[nn.Module, dict]:
     """Train ``student`` on ``train_ds`` with the weighted ``terms``; returns (engine, stats).
 
     ``mask_tokens(input_ids) -> (input_ids, mlm_labels)`` turns a step into masked-LM data (a corpus
-    phase); ``lr_scale`` gives per-parameter learning-rate multipliers, 0 freezing a parameter.
+    phase); ``lr_scale`` gives per-parameter learning-rate multipliers, 0 freezing a parameter;
+    ``cache_teachers`` reads teacher outputs from the on-disk cache (see :mod:`harness.teacher_cache`).
     """
     rank, world_size = world()
     dev = device()
@@ -172,6 +209,10 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
             t_needs = [n | term.teacher_need(i) for i, n in enumerate(t_needs)]
 
     collate = Collator(pad_id, regression)
+    off = ("off: disabled (--no-teacher-cache)" if not cache_teachers else
+           "off: masked-LM inputs change every step" if mask_tokens is not None else None)
+    cached, cache_info = _teacher_cache(teachers, t_needs, module.terms, train_ds, collate, training, off,
+                                        dtype, dev, rank, desc)
     lengths = np.asarray(train_ds["length"])
     ga = settings.gradient_accumulation_steps
     engine.train()
@@ -193,7 +234,9 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
                 batch = _to(batch, dev)
                 inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
                 with torch.no_grad():  # teachers are frozen: no graph, no gradient
-                    t_feats = [forward_features(t.model, inputs, need) for t, need in zip(teachers, t_needs)]
+                    t_feats = [c.features(micro, inputs["attention_mask"], dtype) if c is not None
+                               else forward_features(t.model, inputs, need)
+                               for t, need, c in zip(teachers, t_needs, cached)]
 
                 def run_teachers(perm, lam, inputs=inputs):
                     with torch.no_grad():
@@ -227,6 +270,7 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
         "samples_per_s": round(seen / wall, 2),
         "world_size": world_size,
         "precision": str(dtype).removeprefix("torch."),
+        "teacher_cache": cache_info | {"teacher_forward_examples_uncached": seen * len(teachers)},
         "loss_history": history,
     }
     return engine, stats

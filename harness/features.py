@@ -31,12 +31,12 @@ _QKV_NAMES = (("attention.self", ("query", "key", "value")),  # BERT, RoBERTa, .
 
 @dataclass(frozen=True)
 class Need:
-    hidden: bool = False
+    hidden: bool = False  # output_hidden_states (the model returns all of them)
     qkv: frozenset[int] = frozenset()  # 0-based blocks whose projections are captured
-    embeds: bool = False  # inputs are given as word embeddings (MixKD)
+    layers: frozenset[int] = frozenset()  # hidden-state indices actually read (what a cache stores)
 
     def __or__(self, other: "Need") -> "Need":
-        return Need(self.hidden or other.hidden, self.qkv | other.qkv, self.embeds or other.embeds)
+        return Need(self.hidden or other.hidden, self.qkv | other.qkv, self.layers | other.layers)
 
     @property
     def any(self) -> bool:

@@ -38,6 +38,7 @@ class Options:
     glue_dir: Path | None
     teachers_dir: Path | None = None
     force: bool = False
+    teacher_cache: bool = True
 
 
 def init_distributed() -> None:
@@ -127,7 +128,7 @@ def train_phases(recipe: Recipe, path: Path, model, tok, finetuned: list[Teacher
             teachers = finetuned
             train_ds, _ = _tokenize_all(task, tok, training, opts.glue_dir)
         else:  # general distillation: the pretrained encoders teach, on masked text
-            teachers = [Teacher(load_classifier(c.pretrained_path(), task), t.weight)
+            teachers = [Teacher(load_classifier(c.pretrained_path(), task), t.weight, c.pretrained_path())
                         for c, t in zip(_cards(recipe, path, opts), recipe.teachers)]
             if phase.corpus.files or phase.corpus.glue:
                 train_ds = _corpus(phase.corpus, tok, training, path.parent, opts.glue_dir)
@@ -148,7 +149,7 @@ def train_phases(recipe: Recipe, path: Path, model, tok, finetuned: list[Teacher
                     continue
             desc = f"{phase.name}{'' if block is None else f' block {block}'}: {label}"
             engine, st = train_stage(model, teachers, terms, train_ds, task.is_regression, training, recipe.deepspeed,
-                                     tok.pad_token_id, seed, desc, mask_tokens, lr_scale)
+                                     tok.pad_token_id, seed, desc, mask_tokens, lr_scale, opts.teacher_cache)
             model = engine.module.student
             if recipe.deepspeed.zero_stage == 3:  # a plain full model for the next stage and for saving
                 model = _gather_zero3(model).to(device())
@@ -257,7 +258,8 @@ def run_recipe(path: Path, recipe: Recipe, opts: Options) -> None:
                 why = "the recipe changed" if old["recipe_hash"] != rhash else "its model is not in this cache"
                 print(f"[{recipe.name} seed {seed}] rerunning: a record exists but {why}", flush=True)
         teacher_info = [ensure_teacher(c, task, t.finetune, opts) for c, t in zip(cards, recipe.teachers)]
-        teachers = [Teacher(load_classifier(folder, task), t.weight) for (folder, _), t in zip(teacher_info, recipe.teachers)]
+        teachers = [Teacher(load_classifier(folder, task), t.weight, folder)
+                    for (folder, _), t in zip(teacher_info, recipe.teachers)]
         model, tok, label = build_student(recipe, task, path.parent, opts.teachers_dir, seed)
         for (folder, _), c in zip(teacher_info, cards):
             if load_tokenizer(folder).get_vocab() != tok.get_vocab():

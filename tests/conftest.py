@@ -60,6 +60,10 @@ def tiny_card(tmp_path_factory, cache) -> Path:
 
 def harness_cli(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m harness ...`` for real, as a user would."""
-    full_env = os.environ | {"PYTHONPATH": str(REPO)} | (env or {})
+    # an in-process DeepSpeed test leaves this process's rendezvous variables set: the child must not
+    # think it was started by a launcher, nor reuse the port this process still listens on
+    dist_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "CROSS_RANK",
+                 "CROSS_SIZE"}
+    full_env = {k: v for k, v in os.environ.items() if k not in dist_vars} | {"PYTHONPATH": str(REPO)} | (env or {})
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)

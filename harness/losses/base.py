@@ -79,6 +79,7 @@ class Term(nn.Module):
     needs_teacher: ClassVar[bool] = False
     level: ClassVar[Literal["logits", "features", "mlm"]] = "logits"
     summary: ClassVar[str] = ""
+    live_teacher: ClassVar[str | None] = None  # why the teacher must run on new inputs each step, if it must
 
     def __init__(self, params: Strict, student: Shape | None = None, teachers: list[Shape] = ()):
         super().__init__()
@@ -177,12 +178,12 @@ class MappedTerm(Term):
 
     def student_need(self) -> Need:
         if self.reads == "hidden":
-            return Need(hidden=True)
+            return Need(hidden=True, layers=frozenset(m + 1 for ps in self.pairs for m, _ in ps))
         return Need(qkv=frozenset(m for ps in self.pairs for m, _ in ps))
 
     def teacher_need(self, i: int) -> Need:
         if self.reads == "hidden":
-            return Need(hidden=True)
+            return Need(hidden=True, layers=frozenset(n + 1 for _, n in self.pairs[i]))
         return Need(qkv=frozenset(n for _, n in self.pairs[i]))
 
     def restrict(self, student_block: int) -> bool:

@@ -31,6 +31,7 @@ class MixKD(Term):
 
     Params = MixKDParams
     needs_teacher = True
+    live_teacher = "runs the teacher on new mixup-interpolated embeddings every step"
     summary = "MixKD: mixup of word embeddings; student CE on mixed labels + KD from the teacher on mixed inputs"
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -49,10 +49,10 @@ class EmbeddingMSE(Term):
             if student else nn.ModuleList()
 
     def student_need(self):
-        return Need(hidden=True)
+        return Need(hidden=True, layers=frozenset({0}))
 
     def teacher_need(self, i):
-        return Need(hidden=True)
+        return Need(hidden=True, layers=frozenset({0}))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         s = batch.student
