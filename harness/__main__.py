@@ -98,8 +98,11 @@ def cmd_run(args) -> int:
     opts = runner.Options(results_dir=args.results_dir, glue_dir=resolve_glue_dir(args.glue_dir),
                           teachers_dir=args.teachers_dir, force=args.force, teacher_cache=not args.no_teacher_cache)
     runner.init_distributed()
+    stages = []
     for path, recipe in recipes:
-        runner.run_recipe(path, recipe, opts)
+        stages += runner.run_recipe(path, recipe, opts)
+    if runner.is_main() and (line := runner.cache_summary(stages)):
+        print(line, flush=True)
     if runner.is_main() and not args.no_tables:
         from harness.results import build_tables
 
@@ -170,6 +173,14 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_retime(args) -> int:
+    from harness.bench import retime
+
+    n = retime(args.results_dir)
+    print(f"re-timed {n} records; `python -m harness tables` to rebuild the speed table")
+    return 0
+
+
 def cmd_teachers(args) -> int:
     from harness.teachers import all_cards, find_card, load_card
 
@@ -225,6 +236,10 @@ def parser() -> argparse.ArgumentParser:
     vf.add_argument("--results-dir", type=Path, default=Path("results"))
 
     add("list", cmd_list, "show registered tasks, objective terms, teacher cards and recipes")
+
+    rt = add("retime", cmd_retime, "measure again the speed of every record whose model is in this cache "
+                                   "(speed taken on a busy machine is skewed; run this on a quiet one)")
+    rt.add_argument("--results-dir", type=Path, default=Path("results"))
 
     ca = add("cache", cmd_cache, "list or clear the cached teacher outputs (logits and features, on disk)")
     ca.add_argument("action", choices=["ls", "clear"])

@@ -236,7 +236,9 @@ def _summary(m: dict, where: Path) -> None:
           flush=True)
 
 
-def run_recipe(path: Path, recipe: Recipe, opts: Options) -> None:
+def run_recipe(path: Path, recipe: Recipe, opts: Options) -> list[dict]:
+    """Run every seed of a recipe; returns the training stats of the runs trained now (rank 0)."""
+    trained = []
     task = get_task(recipe.task)
     cards = _cards(recipe, path, opts)
     for seed in recipe.training.seeds:
@@ -286,4 +288,18 @@ def run_recipe(path: Path, recipe: Recipe, opts: Options) -> None:
             shutil.rmtree(out, ignore_errors=True)
             write_record(out, resolved, metrics, preds, env_info(REPO_ROOT))
             _summary(metrics, out)
+            trained += stats.get("phases", [stats])
         barrier()
+    return trained
+
+
+def cache_summary(stages: list[dict]) -> str | None:
+    """One line: teacher forward passes (in examples) the teacher-output cache saved in this run."""
+    with_teacher = [s["teacher_cache"] for s in stages if s.get("teacher_cache", {}).get("status") != "no teacher"]
+    if not with_teacher:
+        return None
+    would = sum(c["teacher_forward_examples_uncached"] for c in with_teacher)
+    did = sum(c["teacher_forward_examples_cached"] if not c["status"].startswith("off")
+              else c["teacher_forward_examples_uncached"] for c in with_teacher)
+    return (f"teacher-output cache: teachers ran over {did:,} examples instead of {would:,} "
+            f"({100 * (1 - did / would) if would else 0:.0f}% of teacher forward passes saved)")

@@ -66,6 +66,12 @@ def test_kd_run_writes_records_and_tables_then_skips(tmp_path, tiny_card):
     ver = harness_cli("verify", "--results-dir", str(results))
     assert ver.returncode == 0 and "2 of 2 records match" in ver.stdout, ver.stdout
 
+    rt = harness_cli("retime", "--results-dir", str(results))
+    assert rt.returncode == 0 and "re-timed 2 records" in rt.stdout, rt.stdout + rt.stderr
+    again_m = json.loads((run / "metrics.json").read_text())
+    assert "retimed" in again_m["speed"] and again_m["dev"] == m["dev"]
+    assert again_m["teacher_speed"] == json.loads((teacher_runs[0] / "metrics.json").read_text())["speed"]
+
     again = harness_cli("run", str(r), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "skipped: record exists" in again.stdout

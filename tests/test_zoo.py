@@ -113,7 +113,10 @@ def test_every_method_runs_end_to_end(tmp_path, tiny_card):
                        "  - {name: task, objective: [{term: ce}]}\n")
     res = harness_cli("run", *map(str, paths), str(general), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
     assert res.returncode == 0, res.stderr[-4000:]
+    assert "teacher-output cache: teachers ran over" in res.stdout  # the end-of-run summary
     runs = {m: json.loads((results / "runs" / f"zoo-{m}" / "seed42" / "metrics.json").read_text()) for m in METHODS}
+    assert runs["mixkd"]["train"]["teacher_cache"]["status"].startswith("off: MixKD")
+    assert runs["kd"]["train"]["teacher_cache"]["status"] in ("built", "hit")
     expected_terms = {"nokd": ["ce"], "kd": ["hinton_kd"], "pkd": ["hinton_kd", "pkd"],
                       "distilbert": ["mlm", "cosine_hidden", "ce"],
                       "tinybert": ["embedding_mse", "attention_mse", "hidden_mse", "hinton_kd"],
