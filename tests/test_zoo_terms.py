@@ -139,16 +139,16 @@ def mean_row_kl(teacher_rows, student_rows, heads, mask):
 
 # -- references, one teacher each --------------------------------------------------------------------
 def ref_pkd(s, t, pairs, proj, params):
-    """BERT-PKD eq. 6: sum over pairs of mean_b || h_s/|h_s| - h_t/|h_t| ||^2 on the [CLS] states."""
-    total = 0.0
+    """BERT-PKD eq. 6 at its authors' code's scale: || h_s/|h_s| - h_t/|h_t| ||^2 on the [CLS] states,
+    averaged over examples, mapped layers and hidden dimensions (the mean squared error)."""
+    total, count = 0.0, 0
     for m, n in pairs:
-        acc = 0.0
         for b in range(B):
             hs, ht = proj(s.hidden[m + 1][b, 0]), t.hidden[n + 1][b, 0]
             hs, ht = hs / np.linalg.norm(hs), ht / np.linalg.norm(ht)
-            acc += float(np.sum((hs - ht) ** 2))
-        total += acc / B
-    return total
+            total += float(np.sum((hs - ht) ** 2))
+            count += hs.shape[0]
+    return total / count
 
 
 def ref_cosine(s, t, pairs, proj, params):

@@ -166,6 +166,9 @@ class MappedTerm(Term):
             return
         for t in teachers:
             self.pairs.append(self._pairs(student, t))
+            if not self.pairs[-1]:
+                raise TermError("layer_map", f"pairs no student block with a teacher block ({student.layers}-block "
+                                             f"student, {t.layers}-block teacher)")
             if self.same_heads and student.heads != t.heads:
                 raise TermError("term", f"compares attention distributions head by head, but the student "
                                         f"has {student.heads} heads and the teacher {t.heads}")
