@@ -157,7 +157,7 @@ def test_committed_zoo_recipes_validate_with_shared_defaults():
 
 
 def test_defaults_merge_and_circularity(tmp_path):
-    from harness.recipe import read_with_defaults
+    from harness.includes import read_with_defaults
     from harness.schema import ConfigError
 
     (tmp_path / "a.yaml").write_text("training: {lr: 1.0, epochs: 2}\nobjective: [{term: ce}]\n")
