@@ -189,6 +189,8 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     dev = device()
     torch.manual_seed(seed)
     module = Objective(student, terms, regression)
+    if not any(term.needs_teacher for term, _ in terms):
+        teachers = []  # e.g. the no-KD baseline or a fine-tuning phase: no teacher forward at all
     n = len(train_ds)
     per_epoch = math.ceil(n / training.batch_size)
     total = training.max_steps or max(1, math.ceil(training.epochs * per_epoch))
