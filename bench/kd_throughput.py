@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.data import Collator, cap_examples, tokenize
+from harness.data import cap_examples, tokenize
 from harness.distill import Teacher, device, train_stage
 from harness.losses import TERMS
 from harness.models import keep_layers, load_classifier, load_tokenizer

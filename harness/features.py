@@ -38,10 +38,6 @@ class Need:
     def __or__(self, other: "Need") -> "Need":
         return Need(self.hidden or other.hidden, self.qkv | other.qkv, self.layers | other.layers)
 
-    @property
-    def any(self) -> bool:
-        return self.hidden or bool(self.qkv)
-
 
 @dataclass
 class Features:

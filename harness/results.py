@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 from tabulate import tabulate
 
-from harness.metrics import compute_metrics, task_headline
+from harness.metrics import compute_metrics
 from harness.tasks import TASKS, get_task
 
 # GLUE's official training-set sizes: a cell trained on fewer examples says how many it used.

@@ -9,7 +9,6 @@ from torch import nn
 from harness.features import Need
 from harness.losses.base import (TERMS, LAYER_MAP_HELP, Batch, LayerMap, MappedParams, MappedTerm, Shape,
                                  Term, masked_mean)
-from harness.schema import Strict
 
 
 class CosineParams(MappedParams):
@@ -38,10 +37,6 @@ class CosineHidden(MappedTerm):
         return self.per_teacher(batch, one)
 
 
-class MLMParams(Strict):
-    pass
-
-
 @TERMS.register("mlm")
 class MaskedLM(Term):
     """Devlin et al. (2019), BERT, sec. 3.1 task 1; DistilBERT's L_mlm during general distillation.
@@ -52,7 +47,6 @@ class MaskedLM(Term):
     Our offline teachers ship without MLM heads, so the teacher's MLM distribution is not distilled.
     """
 
-    Params = MLMParams
     level = "mlm"
     summary = "masked-language-model cross-entropy (general distillation on a corpus)"
 
