@@ -26,6 +26,7 @@ from harness.features import Need, forward_features, mixed_forward
 from harness.losses import Batch, Term
 from harness.recipe import DeepSpeedSettings, Training
 from harness.tasks import Task
+from harness.weighting import WeightingSpec, teacher_weights
 
 LrScale = Callable[[str], float]  # student parameter name -> lr multiplier (0: frozen)
 
@@ -60,15 +61,22 @@ class Teacher:
     model: nn.Module  # frozen, eval mode
     weight: float
     source: Path | None = None  # its checkpoint folder: with it, the outputs can be cached on disk
+    # A teacher with its own tokenizer: the training set tokenized by it, row for row the student's
+    # (same examples, same order), and its pad id.  None: it reads the student's inputs.
+    tokenizer: object | None = None  # set when it differs from the student's
+    data: object | None = None
+    pad_id: int | None = None
 
 
 class Objective(nn.Module):
     """The module DeepSpeed trains: the student plus any trainable parts of the terms (projections,
     an MLM head), which are dropped when the student is saved."""
 
-    def __init__(self, student: nn.Module, terms: list[tuple[Term, float]], regression: bool):
+    def __init__(self, student: nn.Module, terms: list[tuple[Term, float]], regression: bool,
+                 weighting: WeightingSpec = WeightingSpec()):
         super().__init__()
         self.student = student
+        self.weighting = weighting
         self.terms = nn.ModuleList(t for t, _ in terms)
         self.weights = [w for _, w in terms]
         self.regression = regression
@@ -79,13 +87,19 @@ class Objective(nn.Module):
         for term in self.terms:
             self.need = self.need | term.student_need()
 
-    def forward(self, inputs, labels, teacher_feats, teacher_weights, run_teachers):
+    def forward(self, inputs, labels, teacher_feats, static_weights, run_teachers):
+        """(weighted loss, per-term losses [n_terms], mean teacher weights [K]) of one micro-batch."""
         student = forward_features(self.student, inputs, self.need)
-        batch = Batch(student, teacher_feats, teacher_weights, labels, self.regression, inputs,
+        weights = static_weights  # [K]
+        if teacher_feats:  # [B, K]: per example, from the teachers' logits and the gold labels
+            weights = teacher_weights(self.weighting, [f.logits for f in teacher_feats], labels, static_weights,
+                                      self.regression)
+        batch = Batch(student, teacher_feats, weights, labels, self.regression, inputs,
                       run_student=lambda perm, lam: mixed_forward(self.student, inputs, perm, lam),
                       run_teachers=run_teachers)
         parts = torch.stack([term(batch) for term in self.terms])  # [n_terms]
-        return (parts * parts.new_tensor(self.weights)).sum(), parts.detach()
+        mean_w = weights.detach().float().mean(0) if weights.ndim == 2 else weights.float()
+        return (parts * parts.new_tensor(self.weights)).sum(), parts.detach(), mean_w
 
 
 def ds_config(training: Training, settings: DeepSpeedSettings, world_size: int) -> dict:
@@ -138,7 +152,7 @@ def _warmup_linear(total: int, warmup_ratio: float):
     return factor
 
 
-def _teacher_cache(teachers, needs, terms, ds, collate, training, why: str | None, dtype, dev, rank, desc):
+def _teacher_cache(teachers, needs, terms, t_data, training, why: str | None, dtype, dev, rank, desc):
     """Per teacher a CachedTeacher or None, and what happened (for the record and the log)."""
     if not teachers:
         return [], {"status": "no teacher", "teacher_forward_examples_cached": 0}
@@ -152,7 +166,7 @@ def _teacher_cache(teachers, needs, terms, ds, collate, training, why: str | Non
             print(f"[{desc}] teacher-output cache {why}", flush=True)
         return [None] * len(teachers), {"status": why, "teacher_forward_examples_cached": 0}
     out, status, built = [], [], 0
-    for i, (t, need) in enumerate(zip(teachers, needs)):
+    for i, (t, need, (ds, collate)) in enumerate(zip(teachers, needs, t_data)):
         t.model.to(dev, dtype=dtype)
         if need.hidden and not need.layers:  # a term reading unspecified hidden states: keep them all
             need = Need(need.hidden, need.qkv, frozenset(range(t.model.config.num_hidden_layers + 1)))
@@ -178,17 +192,19 @@ def _to(batch: dict, dev: torch.device) -> dict:
 def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[Term, float]],
                 train_ds, regression: bool, training: Training, settings: DeepSpeedSettings,
                 pad_id: int, seed: int, desc: str, mask_tokens: Callable | None = None,
-                lr_scale: LrScale | None = None, cache_teachers: bool = True) -> tuple[nn.Module, dict]:
+                lr_scale: LrScale | None = None, cache_teachers: bool = True,
+                weighting: WeightingSpec = WeightingSpec()) -> tuple[nn.Module, dict]:
     """Train ``student`` on ``train_ds`` with the weighted ``terms``; returns (engine, stats).
 
     ``mask_tokens(input_ids) -> (input_ids, mlm_labels)`` turns a step into masked-LM data (a corpus
     phase); ``lr_scale`` gives per-parameter learning-rate multipliers, 0 freezing a parameter;
-    ``cache_teachers`` reads teacher outputs from the on-disk cache (see :mod:`harness.teacher_cache`).
+    ``cache_teachers`` reads teacher outputs from the on-disk cache (see :mod:`harness.teacher_cache`);
+    ``weighting`` turns the teachers' static weights into per-example ones (see :mod:`harness.weighting`).
     """
     rank, world_size = world()
     dev = device()
     torch.manual_seed(seed)
-    module = Objective(student, terms, regression)
+    module = Objective(student, terms, regression, weighting)
     if not any(term.needs_teacher for term, _ in terms):
         teachers = []  # e.g. the no-KD baseline or a fine-tuning phase: no teacher forward at all
     n = len(train_ds)
@@ -211,9 +227,15 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
             t_needs = [n | term.teacher_need(i) for i, n in enumerate(t_needs)]
 
     collate = Collator(pad_id, regression)
+    # a teacher with its own tokenizer reads its own tokenization of the same rows
+    t_data = [(t.data, Collator(t.pad_id, regression)) if t.data is not None else (train_ds, collate)
+              for t in teachers]
+    for t, (ds, _) in zip(teachers, t_data):
+        if ds is not train_ds and list(ds["idx"]) != list(train_ds["idx"]):
+            raise ValueError(f"[{desc}] a teacher's tokenized data does not hold the student's rows in order")
     off = ("off: disabled (--no-teacher-cache)" if not cache_teachers else
            "off: masked-LM inputs change every step" if mask_tokens is not None else None)
-    cached, cache_info = _teacher_cache(teachers, t_needs, module.terms, train_ds, collate, training, off,
+    cached, cache_info = _teacher_cache(teachers, t_needs, module.terms, t_data, training, off,
                                         dtype, dev, rank, desc)
     lengths = np.asarray(train_ds["length"])
     ga = settings.gradient_accumulation_steps
@@ -221,7 +243,8 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     step, seen, epoch = 0, 0, 0
     loss_sum = torch.zeros((), device=dev)
     parts_sum = torch.zeros(len(terms), device=dev)
-    history = []
+    weights_sum, weights_n = torch.zeros(len(t_weights), device=dev), 0
+    history, weight_history = [], []
     bar = tqdm(total=total, desc=desc, disable=rank != 0, unit="step", dynamic_ncols=True)
     start = time.perf_counter()
     while step < total:
@@ -235,19 +258,24 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
                     batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"])
                 batch = _to(batch, dev)
                 inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+                t_inputs = [inputs if ds is train_ds else
+                            {k: v for k, v in _to(tc([ds[int(i)] for i in micro]), dev).items() if k in MODEL_INPUTS}
+                            for ds, tc in t_data]
                 with torch.no_grad():  # teachers are frozen: no graph, no gradient
-                    t_feats = [c.features(micro, inputs["attention_mask"], dtype) if c is not None
-                               else forward_features(t.model, inputs, need)
-                               for t, need, c in zip(teachers, t_needs, cached)]
+                    t_feats = [c.features(micro, ti["attention_mask"], dtype) if c is not None
+                               else forward_features(t.model, ti, need)
+                               for t, need, c, ti in zip(teachers, t_needs, cached, t_inputs)]
 
-                def run_teachers(perm, lam, inputs=inputs):
+                def run_teachers(perm, lam, t_inputs=t_inputs):
                     with torch.no_grad():
-                        return [mixed_forward(t.model, inputs, perm, lam) for t in teachers]
-                loss, parts = engine(inputs, batch.get("labels"), t_feats, t_weights, run_teachers)
+                        return [mixed_forward(t.model, ti, perm, lam) for t, ti in zip(teachers, t_inputs)]
+                loss, parts, mean_w = engine(inputs, batch.get("labels"), t_feats, t_weights, run_teachers)
                 engine.backward(loss)
                 engine.step()
                 loss_sum += loss.detach().float()
                 parts_sum += parts.float()
+                weights_sum += mean_w
+                weights_n += 1
             seen += len(gbatch)
             step += 1
             bar.update(1)
@@ -259,6 +287,10 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
                 bar.set_postfix(loss=f"{avg:.4f}")
                 loss_sum.zero_()
                 parts_sum.zero_()
+        if teachers:  # the teacher weights actually used, averaged over the epoch's micro-batches
+            weight_history.append({"epoch": epoch + 1, "mean": [round(w, 4) for w in (weights_sum / weights_n).tolist()]})
+            weights_sum.zero_()
+            weights_n = 0
         epoch += 1
     get_accelerator().synchronize()
     wall = time.perf_counter() - start
@@ -275,6 +307,8 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
         "teacher_cache": cache_info | {"teacher_forward_examples_uncached": seen * len(teachers)},
         "loss_history": history,
     }
+    if teachers:
+        stats["teacher_weighting"] = {"scheme": weighting.scheme, "per_epoch": weight_history}
     return engine, stats
 
 

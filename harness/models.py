@@ -1,6 +1,9 @@
 """Building models: pretrained teachers, and students cut from a teacher, loaded, or made from a config."""
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -38,6 +41,19 @@ def load_classifier(path: str | Path, task: Task) -> nn.Module:
 
 def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def tokenizer_id(tok) -> str:
+    """Two tokenizers with the same id turn any text into the same ids: same class, vocabulary and
+    special tokens.  Different ids mean token positions cannot be compared across the two models."""
+    src = json.dumps([type(tok).__name__, sorted(tok.get_vocab().items()), tok.special_tokens_map,
+                      getattr(tok, "do_lower_case", None)], sort_keys=True, default=str)
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer_id_at(path: str) -> str:
+    return tokenizer_id(load_tokenizer(path))
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -20,6 +20,7 @@ from harness.registry import UnknownName
 from harness.includes import apply_override, read_with_defaults
 from harness.schema import ConfigError, Strict, parse
 from harness.tasks import get_task
+from harness.weighting import NO_REGRESSION, WeightingSpec
 
 
 class TeacherRef(Strict):
@@ -183,6 +184,9 @@ class Recipe(Strict):
     description: str = ""
     task: str
     teachers: list[TeacherRef] = Field(default_factory=list)
+    teacher_weighting: WeightingSpec = Field(
+        WeightingSpec(), description="how several teachers are weighted per example in task phases (corpus "
+                                     "phases use the static weights: they have no labels and no task logits)")
     student: Student
     objective: list[TermSpec] | None = Field(None, min_length=1, description="a one-phase recipe's terms")
     phases: list[Phase] | None = Field(None, min_length=1, description="several phases (instead of 'objective')")
@@ -196,6 +200,9 @@ class Recipe(Strict):
             get_task(self.task)
         except UnknownName as e:
             raise ValueError(f"task: {e}") from None
+        if self.teacher_weighting.scheme in NO_REGRESSION and get_task(self.task).is_regression:
+            raise ValueError(f"teacher_weighting.scheme: {self.teacher_weighting.scheme} needs class "
+                             f"distributions; {self.task} is a regression task (use mtbert, static or uniform)")
         if (self.objective is None) == (self.phases is None):
             raise ValueError("give either 'objective' (one phase) or 'phases', not both or neither")
         for where, phase in self.named_phases():
@@ -307,7 +314,41 @@ def load_recipe(path: Path, teachers_dir: Path | None = None, overrides: list[st
                 build_terms(phase, student, teachers, where)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
+    check_tokenizers(recipe, cards, path)
     return recipe
+
+
+def check_tokenizers(recipe: Recipe, cards: dict, path: Path) -> None:
+    """Intermediate terms compare the models position by position, so every teacher must tokenize as
+    the student does; logit-level terms work across tokenizers.  Checked where the checkpoints are
+    installed here (a Hub-only one is checked when the run loads it)."""
+    from harness.models import tokenizer_id_at  # local: models imports this module
+
+    def local(card) -> str | None:
+        p = card.local_checkpoint()
+        return str(p) if p is not None else None
+
+    s = recipe.student
+    if isinstance(s, PretrainedStudent):
+        student_src = s.checkpoint if Path(s.checkpoint).is_dir() else None
+    elif isinstance(s, TeacherLayersStudent):
+        student_src = local(cards["student.card" if s.card else "teachers[0].card"])
+    else:
+        student_src = local(cards["student.tokenizer_card" if s.tokenizer_card else "teachers[0].card"])
+    if student_src is None:
+        return
+    other = [c.name for k, c in cards.items() if k.startswith("teachers[") and local(c) is not None
+             and tokenizer_id_at(local(c)) != tokenizer_id_at(student_src)]
+    if not other:
+        return
+    for where, phase in recipe.named_phases():
+        for i, spec in enumerate(phase.objective):
+            if TERMS.get(spec.term).level == "features":
+                raise ConfigError(
+                    f"{path}: {where}objective[{i}]: {spec.term} compares the models token by token, but "
+                    f"{', '.join(other)} tokenize{'s' if len(other) == 1 else ''} text differently from the student "
+                    "(another vocabulary or other special tokens), so their positions do not line up; across "
+                    "tokenizers use logit-level terms (hinton_kd, mixkd), or a student with the teacher's tokenizer")
 
 
 def student_shape(recipe: Recipe, cards: dict) -> Shape | None:

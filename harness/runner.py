@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import deepspeed
@@ -24,12 +24,13 @@ from harness.distill import Teacher, device, predict, train_stage, world
 from harness.losses import TERMS, Shape
 from harness.metrics import compute_metrics, task_headline
 from harness.models import (build_student, count_parameters, encoder_layers, load_classifier, load_tokenizer,
-                            save_model, weights_size_bytes)
+                            save_model, tokenizer_id, weights_size_bytes)
 from harness.recipe import (Corpus, DeepSpeedSettings, Progressive, Recipe, SpeedSettings, Training, build_terms,
                             recipe_hash)
 from harness.results import env_info, write_record
 from harness.tasks import Task, get_task
 from harness.teachers import REPO_ROOT, Card, cache_dir, find_card, finetuned_dir, load_card
+from harness.weighting import WeightingSpec
 
 
 @dataclass
@@ -124,9 +125,13 @@ def train_phases(recipe: Recipe, path: Path, model, tok, finetuned: list[Teacher
     for where, phase in recipe.named_phases():
         training = recipe.phase_training(phase)
         mask_tokens = None
+        weighting = WeightingSpec()
         if phase.corpus is None:
-            teachers = finetuned
             train_ds, _ = _tokenize_all(task, tok, training, opts.glue_dir)
+            teachers = [t if t.tokenizer is None else  # its own tokenization of the same rows
+                        replace(t, data=_tokenize_all(task, t.tokenizer, training, opts.glue_dir)[0],
+                                pad_id=t.tokenizer.pad_token_id) for t in finetuned]
+            weighting = recipe.teacher_weighting
         else:  # general distillation: the pretrained encoders teach, on masked text
             teachers = [Teacher(load_classifier(c.pretrained_path(), task), t.weight, c.pretrained_path())
                         for c, t in zip(_cards(recipe, path, opts), recipe.teachers)]
@@ -148,8 +153,12 @@ def train_phases(recipe: Recipe, path: Path, model, tok, finetuned: list[Teacher
                 if not terms:
                     continue
             desc = f"{phase.name}{'' if block is None else f' block {block}'}: {label}"
+            if any(t.data is not None for t in teachers) and any(tm.level == "features" for tm, _ in terms):
+                raise ValueError(f"{path}: {where}objective: intermediate terms need teachers with the "
+                                 "student's tokenizer (see `harness validate`)")
             engine, st = train_stage(model, teachers, terms, train_ds, task.is_regression, training, recipe.deepspeed,
-                                     tok.pad_token_id, seed, desc, mask_tokens, lr_scale, opts.teacher_cache)
+                                     tok.pad_token_id, seed, desc, mask_tokens, lr_scale, opts.teacher_cache,
+                                     weighting)
             model = engine.module.student
             if recipe.deepspeed.zero_stage == 3:  # a plain full model for the next stage and for saving
                 model = _gather_zero3(model).to(device())
@@ -228,6 +237,18 @@ def ensure_teacher(card: Card, task: Task, overrides: dict, opts: Options) -> tu
     return folder, json.loads(done.read_text())
 
 
+def teacher_stage(names: list[str], weights: list[float], scheme: str) -> str:
+    """How a lineage shows the teachers of one stage: 'a' or 'a + b (mtbert)' or 'a + b (static 2:1)'."""
+    if len(names) == 1:
+        return names[0]
+    how = scheme
+    if scheme != "uniform" and len(set(weights)) > 1:
+        how += " " + ":".join(f"{w:g}" for w in weights)
+    elif scheme == "static":
+        how = "uniform"  # equal static weights are the uniform mixture
+    return f"{' + '.join(names)} ({how})"
+
+
 def _summary(m: dict, where: Path) -> None:
     t = m["train"]
     print(f"[{m['name']} seed {m['seed']}] {m['task']} score {100 * m['score']:.2f} | "
@@ -263,10 +284,10 @@ def run_recipe(path: Path, recipe: Recipe, opts: Options) -> list[dict]:
         teachers = [Teacher(load_classifier(folder, task), t.weight, folder)
                     for (folder, _), t in zip(teacher_info, recipe.teachers)]
         model, tok, label = build_student(recipe, task, path.parent, opts.teachers_dir, seed)
-        for (folder, _), c in zip(teacher_info, cards):
-            if load_tokenizer(folder).get_vocab() != tok.get_vocab():
-                raise ValueError(f"{path}: teacher {c.name} and the student use different tokenizers; "
-                                 "recipes mixing tokenizers are not supported yet")
+        for t, (folder, _) in zip(teachers, teacher_info):
+            t_tok = load_tokenizer(folder)
+            if tokenizer_id(t_tok) != tokenizer_id(tok):  # it reads the text through its own tokenizer
+                t.tokenizer = t_tok
         student, phase_stats = train_phases(recipe, path, model, tok, teachers, task, seed, label, opts)
         last_training = recipe.phase_training(recipe.named_phases()[-1][1])
         _, devs = _tokenize_all(task, tok, last_training, opts.glue_dir)
@@ -277,8 +298,10 @@ def run_recipe(path: Path, recipe: Recipe, opts: Options) -> list[dict]:
         if is_main():
             ckpt = cache_dir() / "students" / recipe.name / f"seed{seed}-{rhash}"
             metrics = {"kind": "student", "name": recipe.name, "task": task.name, "model": label,
-                       "lineage": [c.name for c in cards] + [label],
+                       "lineage": [teacher_stage([c.name for c in cards], [t.weight for t in recipe.teachers],
+                                                 recipe.teacher_weighting.scheme)] * bool(cards) + [label],
                        "teachers": [{"card": c.name, "weight": t.weight} for c, t in zip(cards, recipe.teachers)],
+                       "teacher_weighting": recipe.teacher_weighting.model_dump(),
                        "terms": list(dict.fromkeys(t.term for _, p in recipe.named_phases() for t in p.objective)), "seed": seed, "recipe_hash": rhash,
                        "dev": dev, "score": task_headline(task, dev), "train": stats,
                        **_finish(student, tok, ckpt, recipe.speed),

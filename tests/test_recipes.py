@@ -103,7 +103,7 @@ def test_resolved_recipe_fills_defaults(tmp_path):
     p.write_text(GOOD)
     r = load_recipe(p)
     d = r.resolved()
-    assert d["objective"][0] == {"term": "hinton_kd", "weight": 1.0, "params": {"temperature": 2.0, "alpha": 0.5}}
+    assert d["objective"][0] == {"term": "hinton_kd", "weight": 1.0, "params": {"temperature": 2.0, "alpha": 0.5, "combine": "mixture"}}
     assert d["deepspeed"]["zero_stage"] == 0 and d["training"]["warmup_ratio"] == 0.1
     # a resolved recipe loads back to the same thing
     from harness.recipe import Recipe

@@ -36,7 +36,8 @@ class Batch:
 
     student:          the student's Features (logits [B, C]; hidden states and q/k/v when asked)
     teachers:         one Features per teacher, computed without gradient, in recipe order
-    teacher_weights:  [K] recipe weights of the K teachers, normalised to sum to 1
+    teacher_weights:  [B, K] per-example teacher weights, rows summing to 1 (see harness.weighting);
+                      a [K] vector means the same weights for every example
     labels:           [B] class ids (long), gold scores (float, regression) or MLM labels [B, T]
     inputs:           the model inputs of the step (for terms that run the models again: MixKD)
     run_student / run_teachers: ``(perm, lam) -> Features`` / list of Features: the models on
@@ -59,6 +60,11 @@ class Batch:
     @property
     def teacher_logits(self) -> list[torch.Tensor]:
         return [t.logits for t in self.teachers]
+
+    def example_weights(self, k: int) -> torch.Tensor:
+        """[B] weight of teacher k on each example."""
+        w = self.teacher_weights.float()
+        return w[:, k] if w.ndim == 2 else w[k].expand(self.student.logits.shape[0])
 
 
 class NoParams(Strict):
@@ -194,13 +200,16 @@ class MappedTerm(Term):
         return any(self.pairs)
 
     def per_teacher(self, batch: Batch, fn: Callable) -> torch.Tensor:
-        """sum_k w_k * fn(student, teacher_k, pairs_k, projection_k)."""
-        return sum(w * fn(batch.student, t, pairs, proj)
-                   for w, t, pairs, proj in zip(batch.teacher_weights, batch.teachers, self.pairs, self.proj))
+        """sum_k fn(student, teacher_k, pairs_k, projection_k, w_k), w_k [B] teacher k's per-example
+        weights, which fn applies to each example's share of its mean."""
+        return sum(fn(batch.student, t, pairs, proj, batch.example_weights(k))
+                   for k, (t, pairs, proj) in enumerate(zip(batch.teachers, self.pairs, self.proj)))
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of x [B, T, ...] over the real tokens of mask [B, T] (and over trailing dims)."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of x [B, T, ...] over the real tokens of mask [B, T] (and over trailing dims), each
+    example's tokens scaled by weights [B] when given (a constant w gives w times the plain mean)."""
     m = mask.to(x.dtype).view(*mask.shape, *([1] * (x.ndim - 2)))
     per_token = x[0, 0].numel() if x.ndim > 2 else 1
-    return (x * m).sum() / (m.sum() * per_token)
+    wm = m if weights is None else m * weights.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    return (x * wm).sum() / (m.sum() * per_token)

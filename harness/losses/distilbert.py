@@ -28,11 +28,11 @@ class CosineHidden(MappedTerm):
     summary = "DistilBERT: 1 - cos(student, teacher) hidden states per token (default: last layer)"
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        def one(s, t, pairs, proj):
+        def one(s, t, pairs, proj, w):
             loss = 0.0
             for m, n in pairs:
                 cos = F.cosine_similarity(proj(s.hidden[m + 1]).float(), t.hidden[n + 1].float(), dim=-1)  # [B, T]
-                loss = loss + masked_mean(1 - cos, s.mask)
+                loss = loss + masked_mean(1 - cos, s.mask, w)
             return loss
         return self.per_teacher(batch, one)
 

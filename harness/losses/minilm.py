@@ -79,11 +79,12 @@ class MiniLM(_LastLayerTerm):
     def forward(self, batch: Batch) -> torch.Tensor:
         s, m = batch.student, self.s_block
 
-        def one(t: Features, n: int) -> torch.Tensor:
-            at = row_kl(t.log_probs(n), s.log_probs(m), s.mask)
-            vr = row_kl(relation_log_probs(t.v[n], t.heads, s.mask), relation_log_probs(s.v[m], s.heads, s.mask), s.mask)
+        def one(t: Features, n: int, w: torch.Tensor) -> torch.Tensor:
+            at = row_kl(t.log_probs(n), s.log_probs(m), s.mask, w)
+            vr = row_kl(relation_log_probs(t.v[n], t.heads, s.mask), relation_log_probs(s.v[m], s.heads, s.mask),
+                        s.mask, w)
             return at + vr
-        return sum(w * one(t, n) for w, t, n in zip(batch.teacher_weights, batch.teachers, self.t_blocks))
+        return sum(one(t, n, batch.example_weights(k)) for k, (t, n) in enumerate(zip(batch.teachers, self.t_blocks)))
 
 
 class MiniLMv2Params(MiniLMParams):
@@ -118,11 +119,11 @@ class MiniLMv2(_LastLayerTerm):
     def forward(self, batch: Batch) -> torch.Tensor:
         s, m, r = batch.student, self.s_block, self.params.relation_heads
 
-        def one(t: Features, n: int) -> torch.Tensor:
+        def one(t: Features, n: int, w: torch.Tensor) -> torch.Tensor:
             loss = 0.0
             for rel in self.params.relations:
                 a = rel[0]  # 'q', 'k' or 'v'
                 loss = loss + row_kl(relation_log_probs(getattr(t, a)[n], r, s.mask),
-                                     relation_log_probs(getattr(s, a)[m], r, s.mask), s.mask)
+                                     relation_log_probs(getattr(s, a)[m], r, s.mask), s.mask, w)
             return loss
-        return sum(w * one(t, n) for w, t, n in zip(batch.teacher_weights, batch.teachers, self.t_blocks))
+        return sum(one(t, n, batch.example_weights(k)) for k, (t, n) in enumerate(zip(batch.teachers, self.t_blocks)))

@@ -51,12 +51,13 @@ class MixKD(Term):
             loss = loss + p.sm_weight * sm
         if p.tmkd_weight:
             tk = [t.logits.float() for t in batch.run_teachers(perm, lam)]  # [B, C] each, no grad
-            w = batch.teacher_weights
+            # each teacher's weight on a mixed example: the lam-weighted mix of its weights on the two
+            w = [lam * batch.example_weights(k) + (1 - lam) * batch.example_weights(k)[perm] for k in range(len(tk))]
             if p.distance == "mse" or batch.regression:
-                d = sum(wi * F.mse_loss(s, t) for wi, t in zip(w, tk))
+                d = sum((wk * (s - t).pow(2).mean(-1)).mean() for wk, t in zip(w, tk))
             else:
                 T = p.temperature
-                target = sum(wi * F.softmax(t / T, -1) for wi, t in zip(w, tk))
+                target = sum(wk[:, None] * F.softmax(t / T, -1) for wk, t in zip(w, tk))  # [B, C]
                 d = F.kl_div(F.log_softmax(s / T, -1), target, reduction="batchmean") * T * T
             loss = loss + p.tmkd_weight * d
         return loss

@@ -29,8 +29,8 @@ class PatientKD(MappedTerm):
     summary = "BERT-PKD: MSE between L2-normalised [CLS] states of mapped layers (skip / last)"
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        def one(s, t, pairs, proj):
+        def one(s, t, pairs, proj, w):
             hs = torch.stack([F.normalize(proj(s.hidden[m + 1][:, 0]).float(), dim=-1) for m, _ in pairs])  # [P, B, Ht]
             ht = torch.stack([F.normalize(t.hidden[n + 1][:, 0].float(), dim=-1) for _, n in pairs])  # [P, B, Ht]
-            return F.mse_loss(hs, ht)
+            return ((hs - ht).pow(2) * w[None, :, None]).mean()
         return self.per_teacher(batch, one)

@@ -24,9 +24,9 @@ class HiddenMSE(MappedTerm):
     summary = "TinyBERT / MobileBERT: MSE between (projected) hidden states of mapped layers"
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        def one(s, t, pairs, proj):
+        def one(s, t, pairs, proj, w):
             return sum(masked_mean(F.mse_loss(proj(s.hidden[m + 1]).float(), t.hidden[n + 1].float(),
-                                              reduction="none"), s.mask) for m, n in pairs)
+                                              reduction="none"), s.mask, w) for m, n in pairs)
         return self.per_teacher(batch, one)
 
 
@@ -56,8 +56,9 @@ class EmbeddingMSE(Term):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         s = batch.student
-        return sum(w * masked_mean(F.mse_loss(p(s.hidden[0]).float(), t.hidden[0].float(), reduction="none"), s.mask)
-                   for w, t, p in zip(batch.teacher_weights, batch.teachers, self.proj))
+        return sum(masked_mean(F.mse_loss(p(s.hidden[0]).float(), t.hidden[0].float(), reduction="none"), s.mask,
+                               batch.example_weights(k))
+                   for k, (t, p) in enumerate(zip(batch.teachers, self.proj)))
 
 
 @TERMS.register("attention_mse")
@@ -74,11 +75,12 @@ class AttentionMSE(MappedTerm):
     summary = "TinyBERT: MSE between attention scores (pre-softmax) of mapped layers"
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        def one(s, t, pairs, _proj):
-            pair_mask = (s.mask[:, :, None] * s.mask[:, None, :])[:, None]  # [B, 1, T, T]
+        def one(s, t, pairs, _proj, w):
+            pair_mask = (s.mask[:, :, None] * s.mask[:, None, :])[:, None].float()  # [B, 1, T, T]
+            weighted = pair_mask * w[:, None, None, None]
             loss = 0.0
             for m, n in pairs:
                 err = (s.scores(m).float() - t.scores(n).float()).pow(2)  # [B, h, T, T]
-                loss = loss + (err * pair_mask).sum() / (pair_mask.sum() * err.shape[1])
+                loss = loss + (err * weighted).sum() / (pair_mask.sum() * err.shape[1])
             return loss
         return self.per_teacher(batch, one)
