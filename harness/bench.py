@@ -95,8 +95,9 @@ def retime(results_dir, log=print) -> int:
             "retimed": time.strftime("%Y-%m-%d %H:%M:%S")}
         if m["kind"] == "teacher":
             teacher_speed.setdefault((m["model"], m["task"]), []).append(m["speed"])
-        elif m.get("teacher_speed") and len(teacher_speed.get((m["lineage"][0], m["task"]), [])) == 1:
-            m["teacher_speed"] = teacher_speed[(m["lineage"][0], m["task"])][0]
+        elif m.get("teacher_speed") and m["teachers"][0].get("card") and \
+                len(teacher_speed.get((m["teachers"][0]["card"], m["task"]), [])) == 1:
+            m["teacher_speed"] = teacher_speed[(m["teachers"][0]["card"], m["task"])][0]
         f.write_text(json.dumps(m, indent=2) + "\n")
         done += 1
         log(f"ok    {f.parent}  CPU b1 {old['cpu']['latency_ms']:.1f} -> {m['speed']['cpu']['latency_ms']:.1f} ms")

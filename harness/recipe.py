@@ -24,12 +24,29 @@ from harness.weighting import NO_REGRESSION, WeightingSpec
 
 
 class TeacherRef(Strict):
-    card: str = Field(description="teacher card name (teachers/<card>.yaml) or a path to a card file")
+    """A teacher: a card (fine-tuned on the task, cached), or an assistant stage of the same recipe
+    (its trained model, cached by the stage's resolved spec)."""
+
+    card: str | None = Field(None, description="teacher card name (teachers/<card>.yaml) or a path to a card file")
+    stage: str | None = Field(None, description="an assistant of this recipe (assistants[].name) whose trained "
+                                                "model teaches (a teacher-assistant chain)")
     weight: float = Field(1.0, gt=0, description="relative weight; weights are normalised over teachers")
     finetune: dict[str, Any] = Field(
         default_factory=dict,
         description="overrides of the card's fine-tuning settings (e.g. max_train_examples), part of the cache key",
     )
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.card is None) == (self.stage is None):
+            raise ValueError("give a teacher as either 'card' or 'stage'")
+        if self.stage is not None and self.finetune:
+            raise ValueError("finetune applies to cards; a stage is trained by its own assistants[] entry")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.card or f"stage {self.stage}"
 
 
 class TeacherLayersStudent(Strict):
@@ -179,6 +196,22 @@ class Phase(Strict):
     progressive: Progressive | None = None
 
 
+class Assistant(Strict):
+    """One stage of a teacher-assistant chain (Mirzadeh et al. 2020): a student trained like a recipe of
+    its own (same task, the recipe's training and DeepSpeed settings unless overridden) whose model then
+    teaches later stages through ``{stage: <name>}``.  Trained once per resolved spec and seed, cached,
+    and reused by any recipe that defines the same stage."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="how teachers refer to it ({stage: name}) and "
+                                                                  "how lineages show it")
+    teachers: list[TeacherRef] = Field(min_length=1, description="cards and/or earlier assistants")
+    teacher_weighting: WeightingSpec = WeightingSpec()
+    student: Student
+    objective: list[TermSpec] | None = Field(None, min_length=1)
+    phases: list[Phase] | None = Field(None, min_length=1)
+    training: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's 'training'")
+
+
 class Recipe(Strict):
     name: str | None = Field(None, description="run name; default: the file's path under recipes/")
     description: str = ""
@@ -193,6 +226,8 @@ class Recipe(Strict):
     training: Training = Training()
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     speed: SpeedSettings = SpeedSettings()
+    assistants: list[Assistant] = Field(default_factory=list, description="teacher-assistant stages, trained "
+                                                                         "in order before the student")
 
     @model_validator(mode="after")
     def _check(self):
@@ -200,6 +235,22 @@ class Recipe(Strict):
             get_task(self.task)
         except UnknownName as e:
             raise ValueError(f"task: {e}") from None
+        names = [a.name for a in self.assistants]
+        for i, a in enumerate(self.assistants):
+            if a.name in names[:i]:
+                raise ValueError(f"assistants[{i}].name: {a.name!r} is used twice")
+            for j, t in enumerate(a.teachers):
+                if t.stage is not None and t.stage not in names[:i]:
+                    raise ValueError(f"assistants[{i}].teachers[{j}].stage: {t.stage!r} is not an earlier "
+                                     f"assistant (earlier: {names[:i] or 'none'})")
+        for j, t in enumerate(self.teachers):
+            if t.stage is not None and t.stage not in names:
+                raise ValueError(f"teachers[{j}].stage: no assistant named {t.stage!r} (assistants: {names or 'none'})")
+        if self.teachers and self.teachers[0].stage is not None:
+            s = self.student
+            if isinstance(s, TeacherLayersStudent) and s.card is None or isinstance(s, ConfigStudent) and s.tokenizer_card is None:
+                raise ValueError(f"student.{'card' if isinstance(s, TeacherLayersStudent) else 'tokenizer_card'}: "
+                                 "needed when the first teacher is a stage (it has no card to default to)")
         if self.teacher_weighting.scheme in NO_REGRESSION and get_task(self.task).is_regression:
             raise ValueError(f"teacher_weighting.scheme: {self.teacher_weighting.scheme} needs class "
                              f"distributions; {self.task} is a regression task (use mtbert, static or uniform)")
@@ -243,6 +294,25 @@ class Recipe(Strict):
             return [("", Phase(name="task", objective=self.objective or []))]
         return [(f"phases[{i}].", p) for i, p in enumerate(self.phases)]
 
+    def stage_recipe(self, name: str) -> "Recipe":
+        """Assistant ``name`` as a recipe of its own, with just the earlier assistants it builds on."""
+        by_name = {a.name: a for a in self.assistants}
+        keep, todo = set(), [name]
+        while todo:
+            n = todo.pop()
+            if n not in keep:
+                keep.add(n)
+                todo += [t.stage for t in by_name[n].teachers if t.stage is not None]
+        a = by_name[name]
+        return Recipe.model_validate({
+            "name": f"stages/{self.canonical_task}/{name}", "task": self.task,
+            "teachers": [t.model_dump() for t in a.teachers], "teacher_weighting": a.teacher_weighting.model_dump(),
+            "student": a.student.model_dump() | {"name": a.student.name or name}, "objective": a.objective and [t.model_dump() for t in a.objective],
+            "phases": a.phases and [p.model_dump() for p in a.phases],
+            "training": self.training.model_dump() | a.training, "deepspeed": self.deepspeed.model_dump(),
+            "speed": self.speed.model_dump(),
+            "assistants": [x.model_dump() for x in self.assistants if x.name in keep and x.name != name]})
+
     def phase_training(self, phase: Phase) -> Training:
         return Training.model_validate(self.training.model_dump() | phase.training)
 
@@ -268,8 +338,6 @@ def default_name(path: Path) -> str:
 def load_recipe(path: Path, teachers_dir: Path | None = None, overrides: list[str] = ()) -> Recipe:
     """Parse and check a recipe file, including its teacher-card references and its terms' fit to the
     models' shapes.  ``overrides`` are ``dotted.key=yaml`` strings applied after ``defaults``."""
-    from harness.teachers import find_card, load_card  # local: teachers imports recipe's Training
-
     data = read_with_defaults(path)
     for kv in overrides:
         apply_override(data, kv, path)
@@ -277,7 +345,22 @@ def load_recipe(path: Path, teachers_dir: Path | None = None, overrides: list[st
     if recipe.name is None:
         recipe = recipe.model_copy(update={"name": default_name(path)})
     s = recipe.student
-    refs = {f"teachers[{i}].card": t.card for i, t in enumerate(recipe.teachers)}
+    if isinstance(s, PretrainedStudent) and s.checkpoint.startswith((".", "/", "~")):
+        ckpt = Path(s.checkpoint).expanduser()
+        ckpt = ckpt if ckpt.is_absolute() else path.parent / ckpt
+        if not (ckpt / "config.json").exists():
+            raise ConfigError(f"{path}: student.checkpoint: no model folder (config.json) at {ckpt}")
+        recipe = recipe.model_copy(update={"student": s.model_copy(update={"checkpoint": str(ckpt.resolve())})})
+    check_references(recipe, path, teachers_dir)
+    return recipe
+
+
+def recipe_cards(recipe: Recipe, path: Path, teachers_dir: Path | None = None, where: str = "") -> dict:
+    """{field: Card} for every card the recipe names itself (not its assistants')."""
+    from harness.teachers import find_card, load_card  # local: teachers imports recipe's Training
+
+    s = recipe.student
+    refs = {f"teachers[{i}].card": t.card for i, t in enumerate(recipe.teachers) if t.card is not None}
     if isinstance(s, TeacherLayersStudent) and s.card:
         refs["student.card"] = s.card
     if isinstance(s, ConfigStudent) and s.tokenizer_card:
@@ -287,67 +370,94 @@ def load_recipe(path: Path, teachers_dir: Path | None = None, overrides: list[st
         try:
             cards[field] = load_card(find_card(ref, path.parent, teachers_dir))
         except ConfigError as e:
-            raise ConfigError(f"{path}: {field}: {e}") from None
+            raise ConfigError(f"{path}: {where}{field}: {e}") from None
+    return cards
+
+
+def check_references(recipe: Recipe, path: Path, teachers_dir: Path | None = None, where: str = "") -> None:
+    """Cards exist, student layers fit, every term builds for the models' shapes, tokenizers agree
+    where terms compare positions; each assistant stage is checked the same way first."""
+    for i, a in enumerate(recipe.assistants):
+        if where == "":  # a stage's own recipe lists the earlier stages it needs: check each once
+            check_references(recipe.stage_recipe(a.name), path, teachers_dir, f"assistants[{i}].")
+    cards = recipe_cards(recipe, path, teachers_dir, where)
+    s = recipe.student
     if isinstance(s, TeacherLayersStudent):
         cut = cards["student.card" if s.card else "teachers[0].card"]  # the card whose layers are kept
         bad = [i for i in s.layers if i >= cut.layers]
         if bad:
-            raise ConfigError(f"{path}: student.layers: {bad} past the depth of {cut.name} "
+            raise ConfigError(f"{path}: {where}student.layers: {bad} past the depth of {cut.name} "
                               f"({cut.layers} layers, indices 0..{cut.layers - 1})")
-    if isinstance(s, PretrainedStudent) and s.checkpoint.startswith((".", "/", "~")):
-        ckpt = Path(s.checkpoint).expanduser()
-        ckpt = ckpt if ckpt.is_absolute() else path.parent / ckpt
-        if not (ckpt / "config.json").exists():
-            raise ConfigError(f"{path}: student.checkpoint: no model folder (config.json) at {ckpt}")
-        recipe = recipe.model_copy(update={"student": s.model_copy(update={"checkpoint": str(ckpt.resolve())})})
     for i, t in enumerate(recipe.teachers):
-        try:
-            cards[f"teachers[{i}].card"].finetune_for(recipe.canonical_task, t.finetune)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: teachers[{i}].finetune: {e}") from None
+        if t.card is not None:
+            try:
+                cards[f"teachers[{i}].card"].finetune_for(recipe.canonical_task, t.finetune)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {where}teachers[{i}].finetune: {e}") from None
     # build every term for the models' shapes: layer maps, widths and head counts are checked here
     student = student_shape(recipe, cards)
-    if student is not None:
-        teachers = [Shape(c.layers, c.hidden, c.heads) for k, c in cards.items() if k.startswith("teachers[")]
-        for where, phase in recipe.named_phases():
+    teachers = teacher_shapes(recipe, path, teachers_dir, cards)
+    if student is not None and None not in teachers:
+        for phase_where, phase in recipe.named_phases():
             try:
-                build_terms(phase, student, teachers, where)
+                build_terms(phase, student, teachers, where + phase_where)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
-    check_tokenizers(recipe, cards, path)
-    return recipe
+    check_tokenizers(recipe, path, teachers_dir, cards, where)
 
 
-def check_tokenizers(recipe: Recipe, cards: dict, path: Path) -> None:
+def teacher_shapes(recipe: Recipe, path: Path, teachers_dir: Path | None, cards: dict) -> list[Shape | None]:
+    """Each teacher's shape: its card's, or the student shape of the assistant stage it names."""
+    out = []
+    for i, t in enumerate(recipe.teachers):
+        if t.card is not None:
+            c = cards[f"teachers[{i}].card"]
+            out.append(Shape(c.layers, c.hidden, c.heads))
+        else:
+            stage = recipe.stage_recipe(t.stage)
+            out.append(student_shape(stage, recipe_cards(stage, path, teachers_dir)))
+    return out
+
+
+def tokenizer_source(recipe: Recipe, cards: dict) -> str | None:
+    """The local folder whose tokenizer the recipe's student uses (None: not installed here / Hub)."""
+    s = recipe.student
+    if isinstance(s, PretrainedStudent):
+        return s.checkpoint if Path(s.checkpoint).is_dir() else None
+    key = ("student.card" if s.card else "teachers[0].card") if isinstance(s, TeacherLayersStudent) else \
+        ("student.tokenizer_card" if s.tokenizer_card else "teachers[0].card")
+    p = cards[key].local_checkpoint()
+    return str(p) if p is not None else None
+
+
+def check_tokenizers(recipe: Recipe, path: Path, teachers_dir: Path | None, cards: dict, where: str = "") -> None:
     """Intermediate terms compare the models position by position, so every teacher must tokenize as
     the student does; logit-level terms work across tokenizers.  Checked where the checkpoints are
     installed here (a Hub-only one is checked when the run loads it)."""
     from harness.models import tokenizer_id_at  # local: models imports this module
 
-    def local(card) -> str | None:
-        p = card.local_checkpoint()
-        return str(p) if p is not None else None
-
-    s = recipe.student
-    if isinstance(s, PretrainedStudent):
-        student_src = s.checkpoint if Path(s.checkpoint).is_dir() else None
-    elif isinstance(s, TeacherLayersStudent):
-        student_src = local(cards["student.card" if s.card else "teachers[0].card"])
-    else:
-        student_src = local(cards["student.tokenizer_card" if s.tokenizer_card else "teachers[0].card"])
-    if student_src is None:
+    mine = tokenizer_source(recipe, cards)
+    if mine is None:
         return
-    other = [c.name for k, c in cards.items() if k.startswith("teachers[") and local(c) is not None
-             and tokenizer_id_at(local(c)) != tokenizer_id_at(student_src)]
+    other = []
+    for i, t in enumerate(recipe.teachers):
+        if t.card is not None:
+            p = cards[f"teachers[{i}].card"].local_checkpoint()
+            src = str(p) if p is not None else None
+        else:
+            stage = recipe.stage_recipe(t.stage)
+            src = tokenizer_source(stage, recipe_cards(stage, path, teachers_dir))
+        if src is not None and tokenizer_id_at(src) != tokenizer_id_at(mine):
+            other.append(t.label)
     if not other:
         return
-    for where, phase in recipe.named_phases():
+    for phase_where, phase in recipe.named_phases():
         for i, spec in enumerate(phase.objective):
             if TERMS.get(spec.term).level == "features":
                 raise ConfigError(
-                    f"{path}: {where}objective[{i}]: {spec.term} compares the models token by token, but "
-                    f"{', '.join(other)} tokenize{'s' if len(other) == 1 else ''} text differently from the student "
-                    "(another vocabulary or other special tokens), so their positions do not line up; across "
+                    f"{path}: {where}{phase_where}objective[{i}]: {spec.term} compares the models token by token, "
+                    f"but {', '.join(other)} tokenize{'s' if len(other) == 1 else ''} text differently from the "
+                    "student (another vocabulary or other special tokens), so their positions do not line up; across "
                     "tokenizers use logit-level terms (hinton_kd, mixkd), or a student with the teacher's tokenizer")
 
 

@@ -107,6 +107,8 @@ def _row_key(m: dict) -> str:
     """Rows gather one method/student over tasks: 'glue/sst2/kd/3L_from_x' -> 'kd/3L_from_x'."""
     if m["kind"] == "teacher":
         return f"teacher (fine-tuned): {m['model']}"
+    if m["kind"] == "stage":  # stages/<task>/<name>
+        return f"assistant stage: {m['name'].split('/')[-1]}"
     parts = m["name"].split("/")
     if len(parts) > 2 and parts[0] == "glue" and parts[1] in TASKS:
         parts = parts[2:]

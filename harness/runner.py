@@ -133,8 +133,9 @@ def train_phases(recipe: Recipe, path: Path, model, tok, finetuned: list[Teacher
                                 pad_id=t.tokenizer.pad_token_id) for t in finetuned]
             weighting = recipe.teacher_weighting
         else:  # general distillation: the pretrained encoders teach, on masked text
+            # (an assistant stage has no pretrained form: its trained model teaches here too)
             teachers = [Teacher(load_classifier(c.pretrained_path(), task), t.weight, c.pretrained_path())
-                        for c, t in zip(_cards(recipe, path, opts), recipe.teachers)]
+                        if c is not None else ft for c, t, ft in zip(_cards(recipe, path, opts), recipe.teachers, finetuned)]
             if phase.corpus.files or phase.corpus.glue:
                 train_ds = _corpus(phase.corpus, tok, training, path.parent, opts.glue_dir)
             else:  # the task's own (capped) training text, labels unused
@@ -183,8 +184,10 @@ def _corpus(corpus: Corpus, tok, training: Training, recipe_dir: Path, glue_dir:
     return out
 
 
-def _cards(recipe: Recipe, path: Path, opts: Options) -> list[Card]:
-    return [load_card(find_card(t.card, path.parent, opts.teachers_dir)) for t in recipe.teachers]
+def _cards(recipe: Recipe, path: Path, opts: Options) -> list[Card | None]:
+    """Each teacher's card (None for an assistant stage)."""
+    return [load_card(find_card(t.card, path.parent, opts.teachers_dir)) if t.card is not None else None
+            for t in recipe.teachers]
 
 
 def _gather_zero3(student):
@@ -257,16 +260,114 @@ def _summary(m: dict, where: Path) -> None:
           flush=True)
 
 
+def _resolved(recipe: Recipe, cards: list[Card | None], seed: int, task: Task, path: Path, opts: Options) -> dict:
+    """What a run's record stores and its hash keys: the recipe, the seed, and what each teacher is
+    (a card's checkpoint and fine-tuning, or an assistant stage's own resolved hash)."""
+    checkpoints = []
+    for c, t in zip(cards, recipe.teachers):
+        if c is not None:
+            checkpoints.append({"card": c.name, "source": c.source_spec(),
+                                "finetune": c.finetune_for(task.name, t.finetune).model_dump(mode="json")})
+        else:
+            stage = recipe.stage_recipe(t.stage)
+            sub = _resolved(stage, _cards(stage, path, opts), seed, task, path, opts)
+            checkpoints.append({"stage": t.stage, "hash": recipe_hash(sub)})
+    return recipe.resolved() | {"seed": seed, "teacher_checkpoints": checkpoints}
+
+
+def _train_and_record(recipe: Recipe, path: Path, seed: int, opts: Options, resolved: dict, ckpt: Path,
+                      out: Path) -> list[dict]:
+    """Train the recipe's student for one seed (its teachers and stages first), save it to ``ckpt``
+    and write its record to ``out``; returns the training stats of every stage trained here."""
+    task = get_task(recipe.task)
+    cards = _cards(recipe, path, opts)
+    teacher_info, trained = [], []
+    for c, t in zip(cards, recipe.teachers):
+        if c is not None:
+            teacher_info.append(ensure_teacher(c, task, t.finetune, opts))
+        else:
+            folder, info, stage_stats = ensure_stage(recipe, t.stage, path, seed, opts)
+            teacher_info.append((folder, info))
+            trained += stage_stats
+    teachers = [Teacher(load_classifier(folder, task), t.weight, folder)
+                for (folder, _), t in zip(teacher_info, recipe.teachers)]
+    model, tok, label = build_student(recipe, task, path.parent, opts.teachers_dir, seed)
+    for t, (folder, _) in zip(teachers, teacher_info):
+        t_tok = load_tokenizer(folder)
+        if tokenizer_id(t_tok) != tokenizer_id(tok):  # it reads the text through its own tokenizer
+            t.tokenizer = t_tok
+    student, phase_stats = train_phases(recipe, path, model, tok, teachers, task, seed, label, opts)
+    last_training = recipe.phase_training(recipe.named_phases()[-1][1])
+    _, devs = _tokenize_all(task, tok, last_training, opts.glue_dir)
+    preds, dev = evaluate(student, tok, devs, task, last_training, label)
+    stats = dict(phase_stats[-1])  # the task phase: what the tables' training-size marks read
+    if len(phase_stats) > 1:
+        stats["phases"] = phase_stats
+    if is_main():
+        # a teacher's name in lineages: its card, or the chain that produced an assistant
+        names = [c.name if c is not None else " → ".join(info["lineage"]) for c, (_, info) in zip(cards, teacher_info)]
+        if len(names) == 1:  # a chain: the assistant's own lineage, then this student
+            lineage = (teacher_info[0][1]["lineage"] if cards[0] is None else names) + [label]
+        else:
+            lineage = [teacher_stage(names, [t.weight for t in recipe.teachers], recipe.teacher_weighting.scheme)] \
+                * bool(names) + [label]
+        metrics = {"kind": "stage" if recipe.name.startswith("stages/") else "student", "name": recipe.name,
+                   "task": task.name, "model": label, "lineage": lineage,
+                   "teachers": [{"card": c.name} if c is not None else {"stage": t.stage} for c, t in
+                                zip(cards, recipe.teachers)],
+                   "teacher_weighting": recipe.teacher_weighting.model_dump(),
+                   "terms": list(dict.fromkeys(t.term for _, p in recipe.named_phases() for t in p.objective)),
+                   "seed": seed, "recipe_hash": recipe_hash(resolved),
+                   "dev": dev, "score": task_headline(task, dev), "train": stats,
+                   **_finish(student, tok, ckpt, recipe.speed),
+                   "teacher_speed": teacher_info[0][1]["speed"] if teacher_info else None,
+                   "teacher_scores": {n: info["score"] for n, (_, info) in zip(names, teacher_info)},
+                   "checkpoint": str(ckpt)}
+        for m, t in zip(metrics["teachers"], recipe.teachers):
+            m["weight"] = t.weight
+        shutil.rmtree(out, ignore_errors=True)
+        write_record(out, resolved, metrics, preds, env_info(REPO_ROOT))
+        _summary(metrics, out)
+        trained += stats.get("phases", [stats])
+    barrier()
+    return trained
+
+
+def ensure_stage(recipe: Recipe, name: str, path: Path, seed: int, opts: Options) -> tuple[Path, dict, list[dict]]:
+    """Assistant ``name`` trained for ``seed``: from the cache when a stage with the same resolved spec
+    was trained before (by any recipe), else trained now.  Returns (model folder, its metrics, stats)."""
+    stage = recipe.stage_recipe(name)
+    task = get_task(stage.task)
+    resolved = _resolved(stage, _cards(stage, path, opts), seed, task, path, opts)
+    key = recipe_hash(resolved)
+    folder = cache_dir() / "stages" / task.name / f"{name}-{key}-seed{seed}"
+    record_dir = opts.results_dir / "runs" / stage.name / key / f"seed{seed}"
+    done = folder / "record" / "metrics.json"
+    trained = []
+    if done.exists():
+        if is_main():
+            print(f"[{stage.name} seed {seed}] reusing the trained assistant in {folder}", flush=True)
+    else:
+        tmp = folder.with_name(folder.name + ".tmp")
+        trained = _train_and_record(stage, path, seed, opts, resolved, folder, tmp / "record")
+        if is_main():  # the model went to `folder` (the checkpoint), its record beside it
+            shutil.rmtree(folder / "record", ignore_errors=True)
+            (tmp / "record").rename(folder / "record")
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier()
+    if is_main() and not (record_dir / "metrics.json").exists():
+        shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)
+    barrier()
+    return folder, json.loads(done.read_text()), trained
+
+
 def run_recipe(path: Path, recipe: Recipe, opts: Options) -> list[dict]:
     """Run every seed of a recipe; returns the training stats of the runs trained now (rank 0)."""
     trained = []
     task = get_task(recipe.task)
     cards = _cards(recipe, path, opts)
     for seed in recipe.training.seeds:
-        resolved = recipe.resolved() | {"seed": seed, "teacher_checkpoints": [
-            {"card": c.name, "source": c.source_spec(),
-             "finetune": c.finetune_for(task.name, t.finetune).model_dump(mode="json")}
-            for c, t in zip(cards, recipe.teachers)]}
+        resolved = _resolved(recipe, cards, seed, task, path, opts)
         rhash = recipe_hash(resolved)
         out = opts.results_dir / "runs" / recipe.name / f"seed{seed}"
         if (out / "metrics.json").exists() and not opts.force:
@@ -280,39 +381,8 @@ def run_recipe(path: Path, recipe: Recipe, opts: Options) -> list[dict]:
             if is_main():
                 why = "the recipe changed" if old["recipe_hash"] != rhash else "its model is not in this cache"
                 print(f"[{recipe.name} seed {seed}] rerunning: a record exists but {why}", flush=True)
-        teacher_info = [ensure_teacher(c, task, t.finetune, opts) for c, t in zip(cards, recipe.teachers)]
-        teachers = [Teacher(load_classifier(folder, task), t.weight, folder)
-                    for (folder, _), t in zip(teacher_info, recipe.teachers)]
-        model, tok, label = build_student(recipe, task, path.parent, opts.teachers_dir, seed)
-        for t, (folder, _) in zip(teachers, teacher_info):
-            t_tok = load_tokenizer(folder)
-            if tokenizer_id(t_tok) != tokenizer_id(tok):  # it reads the text through its own tokenizer
-                t.tokenizer = t_tok
-        student, phase_stats = train_phases(recipe, path, model, tok, teachers, task, seed, label, opts)
-        last_training = recipe.phase_training(recipe.named_phases()[-1][1])
-        _, devs = _tokenize_all(task, tok, last_training, opts.glue_dir)
-        preds, dev = evaluate(student, tok, devs, task, last_training, label)
-        stats = dict(phase_stats[-1])  # the task phase: what the tables' training-size marks read
-        if len(phase_stats) > 1:
-            stats["phases"] = phase_stats
-        if is_main():
-            ckpt = cache_dir() / "students" / recipe.name / f"seed{seed}-{rhash}"
-            metrics = {"kind": "student", "name": recipe.name, "task": task.name, "model": label,
-                       "lineage": [teacher_stage([c.name for c in cards], [t.weight for t in recipe.teachers],
-                                                 recipe.teacher_weighting.scheme)] * bool(cards) + [label],
-                       "teachers": [{"card": c.name, "weight": t.weight} for c, t in zip(cards, recipe.teachers)],
-                       "teacher_weighting": recipe.teacher_weighting.model_dump(),
-                       "terms": list(dict.fromkeys(t.term for _, p in recipe.named_phases() for t in p.objective)), "seed": seed, "recipe_hash": rhash,
-                       "dev": dev, "score": task_headline(task, dev), "train": stats,
-                       **_finish(student, tok, ckpt, recipe.speed),
-                       "teacher_speed": teacher_info[0][1]["speed"] if teacher_info else None,
-                       "teacher_scores": {c.name: info["score"] for c, (_, info) in zip(cards, teacher_info)},
-                       "checkpoint": str(ckpt)}
-            shutil.rmtree(out, ignore_errors=True)
-            write_record(out, resolved, metrics, preds, env_info(REPO_ROOT))
-            _summary(metrics, out)
-            trained += stats.get("phases", [stats])
-        barrier()
+        ckpt = cache_dir() / "students" / recipe.name / f"seed{seed}-{rhash}"
+        trained += _train_and_record(recipe, path, seed, opts, resolved, ckpt, out)
     return trained
 
 
