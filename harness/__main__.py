@@ -49,7 +49,9 @@ def load_all(patterns: list[str], teachers_dir: Path | None, overrides: list[str
 
 def cmd_validate(args) -> int:
     for p, r in load_all(args.recipes, args.teachers_dir, args.set):
-        print(f"ok  {p}  ({r.name}: {r.canonical_task}, {len(r.teachers)} teacher(s), "
+        chain = f"assistants {' -> '.join(a.name for a in r.assistants)}, " if r.assistants else ""
+        weighting = f" ({r.teacher_weighting.scheme})" if len(r.teachers) > 1 else ""
+        print(f"ok  {p}  ({r.name}: {r.canonical_task}, {chain}{len(r.teachers)} teacher(s){weighting}, "
               f"{' -> '.join(f'{ph.name} [' + ', '.join(t.term for t in ph.objective) + ']' for _, ph in r.named_phases())}, "
               f"seeds {r.training.seeds})")
     return 0

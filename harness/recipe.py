@@ -228,6 +228,10 @@ class Recipe(Strict):
     speed: SpeedSettings = SpeedSettings()
     assistants: list[Assistant] = Field(default_factory=list, description="teacher-assistant stages, trained "
                                                                          "in order before the student")
+    cofinetune: dict[str, Any] | None = Field(
+        None, description="MT-BERT teacher co-finetuning: the (card) teachers are fine-tuned jointly with one shared "
+                          "pooling and prediction layer; the mapping overrides the first card's fine-tuning settings "
+                          "({} for none); absent: each teacher is fine-tuned alone")
 
     @model_validator(mode="after")
     def _check(self):
@@ -394,6 +398,8 @@ def check_references(recipe: Recipe, path: Path, teachers_dir: Path | None = Non
                 cards[f"teachers[{i}].card"].finetune_for(recipe.canonical_task, t.finetune)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {where}teachers[{i}].finetune: {e}") from None
+    if recipe.cofinetune is not None:
+        _check_cofinetune(recipe, cards, f"{path}: {where}")
     # build every term for the models' shapes: layer maps, widths and head counts are checked here
     student = student_shape(recipe, cards)
     teachers = teacher_shapes(recipe, path, teachers_dir, cards)
@@ -404,6 +410,28 @@ def check_references(recipe: Recipe, path: Path, teachers_dir: Path | None = Non
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
     check_tokenizers(recipe, path, teachers_dir, cards, where)
+
+
+def _check_cofinetune(recipe: Recipe, cards: dict, where: str) -> None:
+    from harness.cofinetune import HEADS  # local: it imports the training code, which imports this module
+
+    teachers = [cards.get(f"teachers[{i}].card") for i in range(len(recipe.teachers))]
+    if len(teachers) < 2 or None in teachers:
+        raise ConfigError(f"{where}cofinetune: needs two or more teachers, all cards (not stages)")
+    if any(t.finetune for t in recipe.teachers):
+        raise ConfigError(f"{where}cofinetune: the teachers are fine-tuned together; put fine-tuning overrides in "
+                          "cofinetune, not in teachers[].finetune")
+    widths = {c.name: c.hidden for c in teachers}
+    if len(set(widths.values())) > 1:
+        raise ConfigError(f"{where}cofinetune: the shared pooling and prediction layer need one hidden width, but "
+                          f"the teachers have {widths}")
+    odd = [c.name for c in teachers if c.architecture not in HEADS]
+    if odd:
+        raise ConfigError(f"{where}cofinetune: no known classification head for {odd} (supported: {sorted(HEADS)})")
+    try:
+        teachers[0].finetune_for(recipe.canonical_task, recipe.cofinetune)
+    except ConfigError as e:
+        raise ConfigError(f"{where}cofinetune: {e}") from None
 
 
 def teacher_shapes(recipe: Recipe, path: Path, teachers_dir: Path | None, cards: dict) -> list[Shape | None]:

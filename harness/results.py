@@ -105,6 +105,8 @@ def load_records(results_dir: Path) -> list[dict]:
 
 def _row_key(m: dict) -> str:
     """Rows gather one method/student over tasks: 'glue/sst2/kd/3L_from_x' -> 'kd/3L_from_x'."""
+    if m["kind"] == "teacher" and m.get("cofinetuned_with"):
+        return f"teacher (co-finetuned with {', '.join(m['cofinetuned_with'])}): {m['model']}"
     if m["kind"] == "teacher":
         return f"teacher (fine-tuned): {m['model']}"
     if m["kind"] == "stage":  # stages/<task>/<name>

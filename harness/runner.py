@@ -19,6 +19,7 @@ from deepspeed.accelerator import get_accelerator
 from transformers import DataCollatorForLanguageModeling
 
 from harness import bench
+from harness.cofinetune import cofinetune
 from harness.data import corpus_lines, tokenize, tokenize_corpus
 from harness.distill import Teacher, device, predict, train_stage, world
 from harness.losses import TERMS, Shape
@@ -240,6 +241,47 @@ def ensure_teacher(card: Card, task: Task, overrides: dict, opts: Options) -> tu
     return folder, json.loads(done.read_text())
 
 
+def ensure_cofinetuned(cards: list[Card], task: Task, overrides: dict, opts: Options) -> list[tuple[Path, dict]]:
+    """The cards fine-tuned jointly (MT-BERT co-finetuning), from the cache or trained now; returns
+    (folder, metrics) per card, like ensure_teacher."""
+    settings = cards[0].finetune_for(task.name, overrides)
+    key_src = {"cards": [[c.name, c.source_spec()] for c in cards], "task": task.name,
+               "settings": settings.model_dump(mode="json")}
+    key = "co-" + recipe_hash(key_src)
+    folders = [cache_dir() / "teachers" / c.name / task.name / key for c in cards]
+    records = [opts.results_dir / "runs" / "teachers" / c.name / task.name / key for c in cards]
+    if not all((f / "record" / "metrics.json").exists() for f in folders):
+        torch.manual_seed(settings.seed)  # the new shared head is drawn from this
+        models = [load_classifier(c.pretrained_path(), task) for c in cards]
+        toks = [load_tokenizer(c.pretrained_path()) for c in cards]
+        data = [_tokenize_all(task, tok, settings, opts.glue_dir) for tok in toks]
+        names = [c.name for c in cards]
+        trained, stats = cofinetune(models, [d[0] for d in data],
+                                    [t.pad_token_id for t in toks], task.is_regression, settings, settings.seed,
+                                    f"co-finetune {' + '.join(names)} on {task.display}")
+        resolved = {"kind": "teacher", "cofinetune": key_src, "deepspeed": DeepSpeedSettings().model_dump()}
+        for c, model, tok, (_, devs), folder in zip(cards, trained, toks, data, folders):
+            preds, dev = evaluate(model, tok, devs, task, settings, f"teacher {c.name} (co-finetuned)")
+            if is_main():
+                tmp = folder.with_name(folder.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                metrics = {"kind": "teacher", "name": f"teacher/{c.name}", "task": task.name, "model": c.name,
+                           "cofinetuned_with": [n for n in names if n != c.name], "lineage": [c.name],
+                           "teachers": [], "terms": ["ce"], "seed": settings.seed, "recipe_hash": key[3:],
+                           "dev": dev, "score": task_headline(task, dev), "train": stats,
+                           **_finish(model, tok, tmp, SpeedSettings())}
+                write_record(tmp / "record", resolved, metrics, preds, env_info(REPO_ROOT))
+                shutil.rmtree(folder, ignore_errors=True)
+                tmp.rename(folder)
+                _summary(metrics, folder)
+        barrier()
+    for folder, record_dir in zip(folders, records):
+        if is_main() and not (record_dir / "metrics.json").exists():
+            shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)
+    barrier()
+    return [(f, json.loads((f / "record" / "metrics.json").read_text())) for f in folders]
+
+
 def teacher_stage(names: list[str], weights: list[float], scheme: str) -> str:
     """How a lineage shows the teachers of one stage: 'a' or 'a + b (mtbert)' or 'a + b (static 2:1)'."""
     if len(names) == 1:
@@ -282,13 +324,16 @@ def _train_and_record(recipe: Recipe, path: Path, seed: int, opts: Options, reso
     task = get_task(recipe.task)
     cards = _cards(recipe, path, opts)
     teacher_info, trained = [], []
-    for c, t in zip(cards, recipe.teachers):
-        if c is not None:
-            teacher_info.append(ensure_teacher(c, task, t.finetune, opts))
-        else:
-            folder, info, stage_stats = ensure_stage(recipe, t.stage, path, seed, opts)
-            teacher_info.append((folder, info))
-            trained += stage_stats
+    if recipe.cofinetune is not None:  # validation made sure they are all cards
+        teacher_info = ensure_cofinetuned(cards, task, recipe.cofinetune, opts)
+    else:
+        for c, t in zip(cards, recipe.teachers):
+            if c is not None:
+                teacher_info.append(ensure_teacher(c, task, t.finetune, opts))
+            else:
+                folder, info, stage_stats = ensure_stage(recipe, t.stage, path, seed, opts)
+                teacher_info.append((folder, info))
+                trained += stage_stats
     teachers = [Teacher(load_classifier(folder, task), t.weight, folder)
                 for (folder, _), t in zip(teacher_info, recipe.teachers)]
     model, tok, label = build_student(recipe, task, path.parent, opts.teachers_dir, seed)
@@ -305,7 +350,8 @@ def _train_and_record(recipe: Recipe, path: Path, seed: int, opts: Options, reso
         stats["phases"] = phase_stats
     if is_main():
         # a teacher's name in lineages: its card, or the chain that produced an assistant
-        names = [c.name if c is not None else " → ".join(info["lineage"]) for c, (_, info) in zip(cards, teacher_info)]
+        names = [c.name + " (co-ft)" * bool(info.get("cofinetuned_with")) if c is not None
+                 else " → ".join(info["lineage"]) for c, (_, info) in zip(cards, teacher_info)]
         if len(names) == 1:  # a chain: the assistant's own lineage, then this student
             lineage = (teacher_info[0][1]["lineage"] if cards[0] is None else names) + [label]
         else:

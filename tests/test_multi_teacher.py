@@ -167,6 +167,14 @@ def test_weighting_validation(tmp_path):
     p.write_text(TWO.format(task="sst2", scheme="mt-bert", term="hinton_kd"))
     with pytest.raises(ConfigError, match="Did you mean 'mtbert'"):
         load_recipe(p)
+    p.write_text(TWO.format(task="sst2", scheme="mtbert", term="hinton_kd") + "cofinetune: {}\n")
+    with pytest.raises(ConfigError, match=r"cofinetune: the shared pooling and prediction layer need one hidden "
+                                          r"width, but the teachers have \{'all-MiniLM-L6-v2': 384, 'all-mpnet-base-v2': 768\}"):
+        load_recipe(p)
+    p.write_text(TWO.format(task="sst2", scheme="mtbert", term="hinton_kd").replace(
+        "card: all-mpnet-base-v2", "card: all-MiniLM-L6-v2") + "cofinetune: {epochs: 0}\n")
+    with pytest.raises(ConfigError, match="cofinetune: .*epochs"):
+        load_recipe(p)
 
 
 @pytest.mark.slow
@@ -198,3 +206,50 @@ def test_two_teachers_with_different_tokenizers_end_to_end(tmp_path, cache):
     assert len(m["teacher_scores"]) == 2
     glue = (results / "glue.md").read_text()
     assert "all-MiniLM-L6-v2 + all-mpnet-base-v2 (mtbert) → 3L-from-all-MiniLM-L6-v2" in glue
+
+
+@pytest.mark.slow
+@needs_glue
+@needs_both
+def test_cofinetuned_teachers_share_one_head(tmp_path, tiny_card, cache):
+    """MT-BERT co-finetuning of a tiny BERT (bert-base vocabulary) and a tiny MPNet (MPNet's ids) of the
+    same width: after the joint run both saved classifiers hold the same pooling and prediction
+    weights, each scores the dev set from its own tokenization, and a student learns from the two."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, MPNetConfig, MPNetModel
+
+    tok = AutoTokenizer.from_pretrained(MPNET)
+    torch.manual_seed(0)
+    MPNetModel(MPNetConfig(vocab_size=len(tok), hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=96, max_position_embeddings=130)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    mpnet_card = tmp_path / "tiny-mpnet.yaml"
+    mpnet_card.write_text("name: tiny-mpnet\narchitecture: mpnet\nlayers: 2\nhidden: 48\nheads: 4\n"
+                          "checkpoint: {path: model}\n")
+    p = tmp_path / "co.yaml"
+    p.write_text(f"""
+task: sst2
+teachers: [{{card: {tiny_card}}}, {{card: {mpnet_card}}}]
+cofinetune: {{epochs: 2, max_train_examples: 128, max_length: 32}}
+teacher_weighting: {{scheme: confidence}}
+student: {{init: config, tokenizer_card: {tiny_card}, layers: 1, hidden: 32, heads: 2, ffn: 64}}
+objective: [{{term: hinton_kd}}]
+training: {{max_train_examples: 128, max_length: 32, epochs: 1, batch_size: 16, seed: 5}}
+speed: {{seq_len: 16, throughput_batch: 4, iters: 1}}
+""")
+    results = tmp_path / "results"
+    res = harness_cli("run", str(p), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "co-finetune tiny-bert + tiny-mpnet on SST-2" in res.stderr  # its progress bar
+    folders = sorted(cache.glob("teachers/*/sst2/co-*"))
+    assert [f.parts[-3] for f in folders] == ["tiny-bert", "tiny-mpnet"]
+    bert, mpnet = (AutoModelForSequenceClassification.from_pretrained(f) for f in folders)
+    assert torch.equal(bert.bert.pooler.dense.weight, mpnet.classifier.dense.weight)
+    assert torch.equal(bert.classifier.weight, mpnet.classifier.out_proj.weight)
+    m = json.loads((results / "runs" / "co" / "seed5" / "metrics.json").read_text())
+    assert m["lineage"][0] == "tiny-bert (co-ft) + tiny-mpnet (co-ft) (confidence)"
+    glue = (results / "glue.md").read_text()
+    assert "teacher (co-finetuned with tiny-mpnet): tiny-bert" in glue
+    assert harness_cli("verify", "--results-dir", str(results)).returncode == 0  # each teacher's predictions
+    # a second run reuses the pair (no co-finetuning)
+    res = harness_cli("run", str(p), "--results-dir", str(results), "--glue-dir", REAL_GLUE, "--force")
+    assert res.returncode == 0 and "co-finetune" not in res.stderr

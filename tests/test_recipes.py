@@ -86,7 +86,9 @@ def test_bad_recipe_is_rejected_in_one_message(case, tmp_path):
     assert "Traceback" not in res.stderr
     assert res.stderr.startswith(f"error: {recipe}")
     assert pytest.importorskip("re").search(pattern, res.stderr), res.stderr
-    assert elapsed < 5, f"validation took {elapsed:.1f}s"
+    # a loose bound, not a speed goal: validation loads no model weights, so it never takes minutes
+    # (the CLI's own start-up, torch and DeepSpeed imports, is seconds on a loaded 2-core machine)
+    assert elapsed < 30, f"validation took {elapsed:.1f}s"
     assert not marker.exists(), "the YAML executed code"
 
 
