@@ -103,12 +103,20 @@ def load_records(results_dir: Path) -> list[dict]:
     return recs
 
 
+def _teacher_cap(record: Path) -> int | None:
+    """The training cap a teacher was fine-tuned with (its resolved spec): teachers fine-tuned with
+    different caps are different rows."""
+    r = yaml.safe_load((record / "recipe.yaml").read_text())
+    settings = r["finetune"] if "finetune" in r else r["cofinetune"]["settings"]
+    return settings["max_train_examples"]
+
+
 def _row_key(m: dict) -> str:
     """Rows gather one method/student over tasks: 'glue/sst2/kd/3L_from_x' -> 'kd/3L_from_x'."""
-    if m["kind"] == "teacher" and m.get("cofinetuned_with"):
-        return f"teacher (co-finetuned with {', '.join(m['cofinetuned_with'])}): {m['model']}"
     if m["kind"] == "teacher":
-        return f"teacher (fine-tuned): {m['model']}"
+        how = f"co-finetuned with {', '.join(m['cofinetuned_with'])}" if m.get("cofinetuned_with") else "fine-tuned"
+        cap = m["_cap"]
+        return f"teacher ({how}{f', cap {cap}' if cap else ''}): {m['model']}"
     if m["kind"] == "stage":  # stages/<task>/<name>
         return f"assistant stage: {m['name'].split('/')[-1]}"
     parts = m["name"].split("/")
@@ -184,6 +192,8 @@ def build_tables(results_dir: Path) -> list[Path]:
     recs = load_records(results_dir)
     for m in recs:
         m["env_device"] = json.loads((results_dir / m["_dir"] / "env.json").read_text())["device"]
+        if m["kind"] == "teacher":
+            m["_cap"] = _teacher_cap(results_dir / m["_dir"])
     glue, long = glue_table(recs)
     speed = speed_table(recs)
     written = []

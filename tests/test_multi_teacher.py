@@ -248,7 +248,7 @@ speed: {{seq_len: 16, throughput_batch: 4, iters: 1}}
     m = json.loads((results / "runs" / "co" / "seed5" / "metrics.json").read_text())
     assert m["lineage"][0] == "tiny-bert (co-ft) + tiny-mpnet (co-ft) (confidence)"
     glue = (results / "glue.md").read_text()
-    assert "teacher (co-finetuned with tiny-mpnet): tiny-bert" in glue
+    assert "teacher (co-finetuned with tiny-mpnet, cap 128): tiny-bert" in glue
     assert harness_cli("verify", "--results-dir", str(results)).returncode == 0  # each teacher's predictions
     # a second run reuses the pair (no co-finetuning)
     res = harness_cli("run", str(p), "--results-dir", str(results), "--glue-dir", REAL_GLUE, "--force")

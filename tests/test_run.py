@@ -59,7 +59,7 @@ def test_kd_run_writes_records_and_tables_then_skips(tmp_path, tiny_card):
     assert m["teacher_speed"] == tm["speed"]
 
     glue_md = (results / "glue.md").read_text()
-    assert "tiny-kd" in glue_md and "teacher (fine-tuned): tiny-bert" in glue_md and "SST-2" in glue_md
+    assert "tiny-kd" in glue_md and "teacher (fine-tuned, cap 256): tiny-bert" in glue_md and "SST-2" in glue_md
     speed_md = (results / "speed.md").read_text()
     assert "2L-from-tiny-bert" in speed_md and "tiny-bert" in speed_md
 
