@@ -193,13 +193,16 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
                 train_ds, regression: bool, training: Training, settings: DeepSpeedSettings,
                 pad_id: int, seed: int, desc: str, mask_tokens: Callable | None = None,
                 lr_scale: LrScale | None = None, cache_teachers: bool = True,
-                weighting: WeightingSpec = WeightingSpec()) -> tuple[nn.Module, dict]:
+                weighting: WeightingSpec = WeightingSpec(),
+                teacher_needs: list[Need] | None = None) -> tuple[nn.Module, dict]:
     """Train ``student`` on ``train_ds`` with the weighted ``terms``; returns (engine, stats).
 
     ``mask_tokens(input_ids) -> (input_ids, mlm_labels)`` turns a step into masked-LM data (a corpus
     phase); ``lr_scale`` gives per-parameter learning-rate multipliers, 0 freezing a parameter;
     ``cache_teachers`` reads teacher outputs from the on-disk cache (see :mod:`harness.teacher_cache`);
-    ``weighting`` turns the teachers' static weights into per-example ones (see :mod:`harness.weighting`).
+    ``weighting`` turns the teachers' static weights into per-example ones (see :mod:`harness.weighting`);
+    ``teacher_needs`` widens what each teacher exposes (and caches), so that the stages of a progressive
+    phase, each reading one block, share one cache.
     """
     rank, world_size = world()
     dev = device()
@@ -221,7 +224,7 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     t_weights = t_weights / t_weights.sum()
 
     # what each teacher must expose (hidden states, q/k/v of some blocks): only what the terms read
-    t_needs = [Need() for _ in teachers]
+    t_needs = list(teacher_needs) if teacher_needs and teachers else [Need() for _ in teachers]
     for term in module.terms:
         if term.needs_teacher:
             t_needs = [n | term.teacher_need(i) for i, n in enumerate(t_needs)]

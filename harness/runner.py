@@ -22,6 +22,7 @@ from harness import bench
 from harness.cofinetune import cofinetune
 from harness.data import corpus_lines, tokenize, tokenize_corpus
 from harness.distill import Teacher, device, predict, train_stage, world
+from harness.features import Need
 from harness.losses import TERMS, Shape
 from harness.metrics import compute_metrics, task_headline
 from harness.models import (build_student, count_parameters, encoder_layers, load_classifier, load_tokenizer,
@@ -146,6 +147,11 @@ def train_phases(recipe: Recipe, path: Path, model, tok, finetuned: list[Teacher
                 mask_tokens = lambda ids: mlm.torch_mask_tokens(ids)  # noqa: E731  (global RNG, seeded per stage)
         t_shapes = [shape_of(t.model) for t in teachers]
         blocks = list(range(s_shape.layers)) if phase.progressive else [None]
+        # what the teachers must expose over all blocks: one teacher-output cache serves every block
+        phase_needs = [Need() for _ in teachers]
+        for term, _ in build_terms(phase, s_shape, t_shapes, where):
+            if term.needs_teacher:
+                phase_needs = [n | term.teacher_need(i) for i, n in enumerate(phase_needs)]
         for block in blocks:
             terms = build_terms(phase, s_shape, t_shapes, where)
             lr_scale = None
@@ -160,7 +166,7 @@ def train_phases(recipe: Recipe, path: Path, model, tok, finetuned: list[Teacher
                                  "student's tokenizer (see `harness validate`)")
             engine, st = train_stage(model, teachers, terms, train_ds, task.is_regression, training, recipe.deepspeed,
                                      tok.pad_token_id, seed, desc, mask_tokens, lr_scale, opts.teacher_cache,
-                                     weighting)
+                                     weighting, phase_needs if block is not None else None)
             model = engine.module.student
             if recipe.deepspeed.zero_stage == 3:  # a plain full model for the next stage and for saving
                 model = _gather_zero3(model).to(device())

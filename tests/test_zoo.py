@@ -133,6 +133,9 @@ def test_every_method_runs_end_to_end(tmp_path, tiny_card):
     # MobileBERT's progressive phase ran once per student block, then the task phase
     assert [(p["phase"], p["block"]) for p in runs["mobilebert"]["train"]["phases"]] == [
         ("progressive", 0), ("progressive", 1), ("finetune", None)]
+    # ... with one teacher-output cache for all its blocks: built for the first (or found), then read
+    progressive = [p["teacher_cache"]["status"] for p in runs["mobilebert"]["train"]["phases"][:2]]
+    assert progressive[1] == "hit", progressive
     assert [p["phase"] for p in runs["tinybert"]["train"]["phases"]] == ["intermediate", "prediction"]
     g = json.loads((results / "runs" / "general-files" / "seed42" / "metrics.json").read_text())["train"]["phases"]
     assert g[0]["phase"] == "general" and g[0]["train_examples"] == 40 and g[0]["steps"] == 6  # 2 epochs of 40 / 16
