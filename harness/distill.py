@@ -217,6 +217,8 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
         model=module, optimizer=_optimizer(module, training, lr_scale), config=ds_config(training, settings, world_size),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _warmup_linear(total, training.warmup_ratio)),
     )
+    if training.compile:  # torch.compile of the student (its term modules run eagerly around it)
+        engine.module.student.compile()
     dtype = model_dtype(settings)
     for t in teachers:
         t.model.to(dev, dtype=dtype).eval().requires_grad_(False)
@@ -307,6 +309,8 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
         "samples_per_s": round(seen / wall, 2),
         "world_size": world_size,
         "precision": str(dtype).removeprefix("torch."),
+        "attention": student.config._attn_implementation,  # sdpa where the architecture has it (BERT), else eager
+        "compiled": training.compile,
         "teacher_cache": cache_info | {"teacher_forward_examples_uncached": seen * len(teachers)},
         "loss_history": history,
     }
