@@ -125,6 +125,35 @@ class Collator:
         return out
 
 
+class MicroBatches(torch.utils.data.Dataset):
+    """The micro-batches of one epoch as a map-style dataset, so a DataLoader can collate them in worker
+    processes and pin them while the accelerator computes: item j is (row indices, the student's
+    padded batch, [the padded batch of each teacher with its own tokenization, or None])."""
+
+    def __init__(self, micro: list[np.ndarray], ds, collate: Collator, teacher_data: list):
+        self.micro, self.ds, self.collate = micro, ds, collate
+        self.teacher_data = teacher_data  # per teacher: (its dataset, its Collator) or None
+
+    def __len__(self) -> int:
+        return len(self.micro)
+
+    def __getitem__(self, j: int):
+        rows = self.micro[j]
+        own = [None if td is None else td[1]([td[0][int(i)] for i in rows]) for td in self.teacher_data]
+        return rows, self.collate([self.ds[int(i)] for i in rows]), own
+
+
+def loader(micro: list[np.ndarray], ds, collate: Collator, teacher_data: list, workers: int, pin: bool):
+    """Batches in order (the order is the length-grouped shuffle): no sampler, no re-batching."""
+    return torch.utils.data.DataLoader(MicroBatches(micro, ds, collate, teacher_data), batch_size=None,
+                                       shuffle=False, num_workers=workers, pin_memory=pin,
+                                       collate_fn=_as_is, persistent_workers=False)
+
+
+def _as_is(item):
+    return item  # MicroBatches items are collated already
+
+
 def rank_shard(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
     """This rank's part of a global batch (every example goes to exactly one rank)."""
     return batch[rank::world]

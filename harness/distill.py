@@ -7,6 +7,7 @@ Teacher fine-tuning is the same stage with no teachers and the ``ce`` term.  Rea
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from deepspeed.accelerator import get_accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.data import Collator, length_grouped_batches, rank_shard
+from harness.data import Collator, length_grouped_batches, loader, rank_shard
 from harness import teacher_cache
 from harness.features import Need, forward_features, mixed_forward
 from harness.losses import Batch, Term
@@ -235,6 +236,7 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     # a teacher with its own tokenizer reads its own tokenization of the same rows
     t_data = [(t.data, Collator(t.pad_id, regression)) if t.data is not None else (train_ds, collate)
               for t in teachers]
+    own_data = [td if td[0] is not train_ds else None for td in t_data]  # what the loader collates per teacher
     for t, (ds, _) in zip(teachers, t_data):
         if ds is not train_ds and list(ds["idx"]) != list(train_ds["idx"]):
             raise ValueError(f"[{desc}] a teacher's tokenized data does not hold the student's rows in order")
@@ -252,20 +254,21 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     history, weight_history = [], []
     bar = tqdm(total=total, desc=desc, disable=rank != 0, unit="step", dynamic_ncols=True)
     start = time.perf_counter()
+    workers = training.loader_workers if training.loader_workers is not None else \
+        (0 if dev.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) // 2)))
     while step < total:
-        for gbatch in length_grouped_batches(lengths, training.batch_size, seed, epoch):
-            if step >= total:
-                break
-            mine = rank_shard(gbatch, rank, world_size)
-            for micro in np.array_split(mine, ga):
-                batch = collate([train_ds[int(i)] for i in micro])
+        gbatches = length_grouped_batches(lengths, training.batch_size, seed, epoch)[:total - step]
+        micro_batches = [m for g in gbatches for m in np.array_split(rank_shard(g, rank, world_size), ga)]
+        batches = iter(loader(micro_batches, train_ds, collate, own_data, workers, pin=dev.type == "cuda"))
+        for gbatch in gbatches:
+            for _ in range(ga):
+                micro, batch, own = next(batches)
                 if mask_tokens is not None:  # the teacher sees the same masked text as the student
                     batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"])
                 batch = _to(batch, dev)
                 inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-                t_inputs = [inputs if ds is train_ds else
-                            {k: v for k, v in _to(tc([ds[int(i)] for i in micro]), dev).items() if k in MODEL_INPUTS}
-                            for ds, tc in t_data]
+                t_inputs = [inputs if b is None else {k: v for k, v in _to(b, dev).items() if k in MODEL_INPUTS}
+                            for b in own]
                 with torch.no_grad():  # teachers are frozen: no graph, no gradient
                     t_feats = [c.features(micro, ti["attention_mask"], dtype) if c is not None
                                else forward_features(t.model, ti, need)

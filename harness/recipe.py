@@ -133,6 +133,9 @@ class Training(Strict):
     max_train_examples: int | None = Field(None, gt=0, description="cap on training examples (a seeded sample)")
     seed: int | list[int] = Field(42, description="a seed or a list of seeds (one run each)")
     log_every: int = Field(50, gt=0, description="steps between loss logs")
+    loader_workers: int | None = Field(None, ge=0, description="processes collating batches (default: none on "
+                                                                "CPU, where they would compete for its cores; "
+                                                                "up to 4 on GPU, with pinned memory)")
     compile: bool = Field(False, description="torch.compile the student's forward (through DeepSpeed's "
                                              "engine.compile); pays a compile at the start of each stage")
 
