@@ -143,11 +143,15 @@ def cmd_list(args) -> int:
     from harness.losses import TERMS
     from harness.tasks import TASKS
     from harness.teachers import all_cards
+    from harness.weighting import SCHEMES
 
     print("tasks:   ", ", ".join(TASKS.names()))
     print("terms:")
     for name, cls in TERMS.items():
         print(f"  {name:12s} {cls.summary}")
+    print("teacher weighting (teacher_weighting.scheme):")
+    for name, fn in SCHEMES.items():
+        print(f"  {name:12s} {(fn.__doc__ or '').strip().splitlines()[0]}")
     print("teachers:")
     for c in all_cards(args.teachers_dir):
         state = "installed" if c.local_checkpoint() else "not installed"

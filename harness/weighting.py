@@ -62,7 +62,9 @@ def uniform(logits, labels, static_w, regression, spec) -> torch.Tensor:
 
 @SCHEMES.register("mtbert")
 def mtbert(logits, labels, static_w, regression, spec) -> torch.Tensor:
-    """Wu et al. (2021), "One Teacher is Enough? Pre-trained Language Model Distillation from Multiple
+    """MT-BERT: per example, w_i ∝ 1 / (1 + CE_i), CE_i teacher i's cross-entropy on the gold label.
+
+    Wu et al. (2021), "One Teacher is Enough? Pre-trained Language Model Distillation from Multiple
     Teachers" (MT-BERT), eq. 5: per example, teacher i's weight is proportional to 1 / (1 + CE_i),
     CE_i its cross-entropy on the gold label, normalised over teachers.  Regression: the squared error
     to the gold score stands in for CE."""
@@ -75,8 +77,10 @@ def mtbert(logits, labels, static_w, regression, spec) -> torch.Tensor:
 
 @SCHEMES.register("confidence")
 def confidence(logits, labels, static_w, regression, spec) -> torch.Tensor:
-    """Label-free: a teacher counts more on the examples it is sure about, by its top probability or by
-    its normalised certainty 1 - H(p) / log C (0 for a uniform prediction, 1 for a one-hot one)."""
+    """Label-free: w_i ∝ teacher i's confidence (max probability, or 1 - H / log C) on the example.
+
+    A teacher counts more on the examples it is sure about, by its top probability or by its
+    normalised certainty 1 - H(p) / log C (0 for a uniform prediction, 1 for a one-hot one)."""
     probs = torch.stack([F.softmax(z.float(), dim=-1) for z in logits], dim=1)  # [B, K, C]
     if spec.confidence == "max_prob":
         c = probs.max(dim=-1).values  # [B, K]
