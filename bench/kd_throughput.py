@@ -33,7 +33,7 @@ from harness.distill import Teacher, device, train_stage
 from harness.losses import TERMS
 from harness.models import keep_layers, load_classifier, load_tokenizer
 from harness.recipe import DeepSpeedSettings, Training
-from harness.runner import init_distributed
+from harness.phases import init_distributed
 from harness.tasks import get_task, load_split, resolve_glue_dir
 from harness.teachers import find_card, load_card
 

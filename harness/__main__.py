@@ -94,18 +94,18 @@ def cmd_run(args) -> int:
     if cmd is not None:
         print("+", " ".join(cmd), flush=True)
         return subprocess.run(cmd).returncode
-    from harness import runner
+    from harness import phases, runner
     from harness.tasks import resolve_glue_dir
 
     opts = runner.Options(results_dir=args.results_dir, glue_dir=resolve_glue_dir(args.glue_dir),
                           teachers_dir=args.teachers_dir, force=args.force, teacher_cache=not args.no_teacher_cache)
-    runner.init_distributed()
+    phases.init_distributed()
     stages = []
     for path, recipe in recipes:
         stages += runner.run_recipe(path, recipe, opts)
-    if runner.is_main() and (line := runner.cache_summary(stages)):
+    if phases.is_main() and (line := runner.cache_summary(stages)):
         print(line, flush=True)
-    if runner.is_main() and not args.no_tables:
+    if phases.is_main() and not args.no_tables:
         from harness.results import build_tables
 
         for p in build_tables(args.results_dir):

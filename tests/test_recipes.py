@@ -1,7 +1,6 @@
 """Recipe validation: every malformed recipe is one clear message naming file and field, no traceback,
 in under 5 seconds, and nothing in the YAML runs."""
 import time
-from pathlib import Path
 
 import pytest
 

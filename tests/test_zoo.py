@@ -72,7 +72,7 @@ def test_mixed_forward_is_plain_forward_when_lambda_is_one():
 
 def test_progressive_scale_freezes_below_and_above():
     from harness.recipe import Progressive
-    from harness.runner import _progressive_scale
+    from harness.phases import _progressive_scale
 
     freeze = _progressive_scale(1, Progressive(lower="freeze"))
     assert freeze("bert.encoder.layer.1.attention.self.query.weight") == 1.0
@@ -181,7 +181,7 @@ def test_stage_trains_student_and_terms_never_the_teacher(tmp_path):
     from harness.distill import Teacher, train_stage
     from harness.losses import TERMS, Shape
     from harness.recipe import DeepSpeedSettings, Training
-    from harness.runner import init_distributed
+    from harness.phases import init_distributed
 
     init_distributed()
     teacher, student = _tiny("bert"), _tiny("bert")
