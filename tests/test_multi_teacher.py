@@ -148,8 +148,18 @@ needs_both = pytest.mark.skipif(not (MINILM and MPNET),
                                 reason="python -m harness teachers install all-MiniLM-L6-v2 all-mpnet-base-v2")
 
 
+@pytest.fixture
+def mpnet_in_cache(cache):
+    """The assembled MPNet split zip, seen from this test session's own cache (where split zips live)."""
+    models = cache / "models" / "all-mpnet-base-v2"
+    if not models.exists():
+        models.parent.mkdir(parents=True, exist_ok=True)
+        models.symlink_to(MPNET.parent, target_is_directory=True)
+    return models
+
+
 @needs_both
-def test_intermediate_terms_across_tokenizers_fail_validation(tmp_path):
+def test_intermediate_terms_across_tokenizers_fail_validation(tmp_path, mpnet_in_cache):
     p = tmp_path / "r.yaml"
     p.write_text(TWO.format(task="sst2", scheme="mtbert", term="hidden_mse"))
     with pytest.raises(ConfigError, match=r"objective\[0\]: hidden_mse .* all-mpnet-base-v2 tokenizes text "
@@ -180,7 +190,7 @@ def test_weighting_validation(tmp_path):
 @pytest.mark.slow
 @needs_glue
 @needs_both
-def test_two_teachers_with_different_tokenizers_end_to_end(tmp_path, cache):
+def test_two_teachers_with_different_tokenizers_end_to_end(tmp_path, cache, mpnet_in_cache):
     """MiniLM (BERT vocabulary) and MPNet (its own ids) teach a 3-block MiniLM student on real SST-2,
     each reading the text through its own tokenizer, weighted per example by MT-BERT's rule."""
     p = tmp_path / "two.yaml"
@@ -190,10 +200,6 @@ def test_two_teachers_with_different_tokenizers_end_to_end(tmp_path, cache):
         "  - {card: all-mpnet-base-v2, finetune: {max_train_examples: 96, max_length: 32, epochs: 1}}\n")
         + "training: {max_train_examples: 96, max_length: 32, epochs: 2, batch_size: 16, seed: 7}\n"
           "speed: {seq_len: 16, throughput_batch: 4, iters: 1}\n")
-    models = cache / "models" / "all-mpnet-base-v2"  # the assembled split zip, in this session's cache
-    if not models.exists():
-        models.parent.mkdir(parents=True, exist_ok=True)
-        models.symlink_to(MPNET.parent, target_is_directory=True)
     results = tmp_path / "results"
     res = harness_cli("run", str(p), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
     assert res.returncode == 0, res.stderr[-3000:]
