@@ -21,7 +21,6 @@ from harness.schema import Strict
 # scheme(logits [K x [B, C]], labels [B], static [K] summing to 1, regression, spec) -> [B, K]
 Scheme = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor, bool, "WeightingSpec"], torch.Tensor]
 SCHEMES: Registry[Scheme] = Registry("teacher weighting scheme")
-NEEDS_LABELS = {"mtbert"}  # schemes that read the gold labels (task phases only)
 NO_REGRESSION = {"confidence"}  # schemes defined for class distributions only
 
 
