@@ -134,6 +134,18 @@ def _cell(scores: pd.Series, n_train: int, task: str) -> str:
     return txt
 
 
+def _split_reruns(long: pd.DataFrame) -> None:
+    """A teacher or assistant stage trained twice for the same task and seed under different specs
+    (another fine-tuning spec, or the same one from an older harness whose hash differs) is two
+    models, not two seeds: each gets its own row, marked with its spec key, so no cell averages them."""
+    # runs/teachers/<card>/<task>/<spec>  and  runs/stages/<task>/<name>/<spec>/seed<N>
+    teacher = long.row.str.startswith("teacher (")
+    stage = long.row.str.startswith("assistant stage: ")
+    clash = (teacher | stage) & long.duplicated(["row", "task", "seed"], keep=False)
+    spec = [Path(d).parts[-1 if t else -2][:6] for d, t in zip(long.record, teacher)]
+    long.loc[clash, "row"] = long.row[clash] + " [" + pd.Series(spec, index=long.index)[clash] + "]"
+
+
 def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(display table, long CSV frame).  Cells: mean (± std over seeds) of the task's headline x 100."""
     long = pd.DataFrame([{
@@ -142,6 +154,7 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         "device": m["env_device"], "record": m["_dir"]} for m in recs])
     if long.empty:
         return long, long
+    _split_reruns(long)
     order = [t for t in TASKS if t in set(long.task)]
     rows = []
     for (row, model), g in long.groupby(["row", "model"], sort=False):
@@ -161,11 +174,23 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), long
 
 
+def _speed_reference(m: dict) -> str:
+    """The model a record's speed-up is measured against: its first teacher (a card, or an assistant
+    stage's model), or itself for a teacher."""
+    if m.get("teacher_speed") is None:
+        return m["model"]
+    first = m["teachers"][0]
+    return first.get("card") or first["stage"]
+
+
 def speed_table(recs: list[dict]) -> pd.DataFrame:
+    """One row per (model, the teacher its speed-up is against): a student taught by two different
+    teachers in different recipes gets a row for each."""
     rows = {}
     for m in recs:
         sp = m.get("speed")
-        if not sp or m["model"] in rows:
+        key = (m["model"], _speed_reference(m))
+        if not sp or key in rows:
             continue
         r = {"Model": m["model"], "Params (M)": round(m["params"]["total"] / 1e6, 1),
              "Size (MB)": round(m["size_bytes"] / 2**20, 1),
@@ -177,9 +202,9 @@ def speed_table(recs: list[dict]) -> pd.DataFrame:
             r[f"GPU throughput b{sp['throughput_batch']} (ex/s)"] = sp["gpu"]["throughput"]
         t = m.get("teacher_speed")
         r["CPU speed-up vs teacher"] = (
-            f"{t['cpu']['latency_ms'] / sp['cpu']['latency_ms']:.2f}x" if t else "1.00x (teacher)")
+            f"{t['cpu']['latency_ms'] / sp['cpu']['latency_ms']:.2f}x vs {key[1]}" if t else "1.00x (teacher)")
         r["CPU threads"] = sp["cpu"]["threads"]
-        rows[m["model"]] = r
+        rows[key] = r
     return pd.DataFrame(list(rows.values()))
 
 

@@ -1,0 +1,74 @@
+"""Tables from records written the way runs write them: reruns of a teacher or assistant stage are
+separate rows (never averaged as if they were seeds), and speed-ups name the teacher they are against."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.results import build_tables, write_record
+
+ENV = {"device": "cpu"}
+
+
+def speed(latency_ms: float) -> dict:
+    return {"seq_len": 128, "throughput_batch": 32, "cpu": {"latency_ms": latency_ms, "throughput": 1.0, "threads": 2}}
+
+
+def record(results: Path, where: str, *, kind: str, name: str, model: str, score: float, seed: int = 42,
+           teachers: list | None = None, teacher_speed: dict | None = None, latency: float = 10.0,
+           resolved: dict | None = None) -> None:
+    metrics = {"kind": kind, "name": name, "task": "sst2", "model": model, "lineage": [model],
+               "teachers": teachers or [], "seed": seed, "dev": {"dev": {"accuracy": score}}, "score": score,
+               "train": {"train_examples": 2000}, "params": {"total": 1_000_000}, "size_bytes": 2**20,
+               "speed": speed(latency), "teacher_speed": teacher_speed}
+    write_record(results / "runs" / where, resolved or {}, metrics, {"dev": [[0, 1, 1]]}, ENV)
+
+
+def teacher(results: Path, spec: str, score: float, latency: float = 100.0) -> None:
+    record(results, f"teachers/big/sst2/{spec}", kind="teacher", name="teacher/big", model="big", score=score,
+           latency=latency, resolved={"finetune": {"max_train_examples": 2000}})
+
+
+def rows(results: Path) -> pd.DataFrame:
+    build_tables(results)
+    return pd.read_csv(results / "glue.csv")
+
+
+def test_two_fine_tunes_of_one_teacher_and_seed_are_two_rows_not_a_mean(tmp_path):
+    teacher(tmp_path, "aaaaaa111111", 0.90)
+    teacher(tmp_path, "bbbbbb222222", 0.92)
+    long = rows(tmp_path)
+    assert sorted(long.row) == ["teacher (fine-tuned, cap 2000): big [aaaaaa]",
+                                "teacher (fine-tuned, cap 2000): big [bbbbbb]"]
+    table = [line for line in (tmp_path / "glue.md").read_text().splitlines() if line.startswith("|")]
+    assert not any("±" in line for line in table)
+    assert any("90.0 (2.0k)" in line for line in table) and any("92.0 (2.0k)" in line for line in table)
+
+
+def test_one_fine_tune_keeps_its_plain_row_and_seeds_still_average(tmp_path):
+    teacher(tmp_path, "aaaaaa111111", 0.90)
+    for seed, score in ((42, 0.80), (43, 0.82)):
+        record(tmp_path, f"glue/sst2/kd/small/seed{seed}", kind="student", name="glue/sst2/kd/small",
+               model="small", score=score, seed=seed, teachers=[{"card": "big"}], teacher_speed=speed(100.0))
+    assert sorted(set(rows(tmp_path).row)) == ["kd/small", "teacher (fine-tuned, cap 2000): big"]
+    assert "81.0 ± 1.4 (2.0k)" in (tmp_path / "glue.md").read_text()
+
+
+def test_assistant_stages_of_two_specs_are_two_rows(tmp_path):
+    for spec, score in (("cccccc333333", 0.85), ("dddddd444444", 0.86)):
+        record(tmp_path, f"stages/sst2/6L/{spec}/seed42", kind="stage", name="stages/sst2/6L", model="6L",
+               score=score, teachers=[{"card": "big"}], teacher_speed=speed(100.0))
+    assert sorted(rows(tmp_path).row) == ["assistant stage: 6L [cccccc]", "assistant stage: 6L [dddddd]"]
+
+
+def test_speed_up_is_per_teacher_it_is_measured_against(tmp_path):
+    record(tmp_path, "glue/sst2/kd/s_from_big/seed42", kind="student", name="glue/sst2/kd/s_from_big",
+           model="s", score=0.8, teachers=[{"card": "big"}], teacher_speed=speed(100.0), latency=25.0)
+    record(tmp_path, "glue/sst2/kd/s_from_mid/seed42", kind="student", name="glue/sst2/kd/s_from_mid",
+           model="s", score=0.8, teachers=[{"card": "mid"}], teacher_speed=speed(20.0), latency=25.0)
+    record(tmp_path, "glue/sst2/ta/s_via_a/seed42", kind="student", name="glue/sst2/ta/s_via_a",
+           model="s", score=0.8, teachers=[{"stage": "6L"}], teacher_speed=speed(50.0), latency=25.0)
+    build_tables(tmp_path)
+    sp = pd.read_csv(tmp_path / "speed.csv")
+    assert sorted(sp["CPU speed-up vs teacher"]) == ["0.80x vs mid", "2.00x vs 6L", "4.00x vs big"]
