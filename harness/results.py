@@ -111,6 +111,16 @@ def _teacher_cap(record: Path) -> int | None:
     return settings["max_train_examples"]
 
 
+def single_class(folder: Path, task: str) -> bool:
+    """Whether a classifier's record predicts one class for every dev example: its score is then the
+    constant predictor's (e.g. MRPC's 74.8 = all-positive F1/acc), whatever the method."""
+    t = get_task(task)
+    if t.is_regression:
+        return False
+    preds = {p for f in sorted((folder / "predictions").glob("*.tsv")) for p in read_predictions(f, False)[0]}
+    return len(preds) == 1
+
+
 def _row_key(m: dict) -> str:
     """Rows gather one method/student over tasks: 'glue/sst2/kd/3L_from_x' -> 'kd/3L_from_x'."""
     if m["kind"] == "teacher":
@@ -151,7 +161,7 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     long = pd.DataFrame([{
         "row": _row_key(m), "model": m["model"], "lineage": " → ".join(m["lineage"]), "task": m["task"],
         "seed": m["seed"], "score": m["score"], "train_examples": m["train"]["train_examples"],
-        "device": m["env_device"], "record": m["_dir"]} for m in recs])
+        "device": m["env_device"], "single_class": m["_single_class"], "record": m["_dir"]} for m in recs])
     if long.empty:
         return long, long
     _split_reruns(long)
@@ -163,7 +173,7 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         for t in order:
             gt = g[g.task == t]
             if len(gt):
-                r[get_task(t).display] = _cell(gt.score, int(gt.train_examples.max()), t)
+                r[get_task(t).display] = _cell(gt.score, int(gt.train_examples.max()), t) + " †" * bool(gt.single_class.any())
                 means.append(gt.score.mean())
             else:
                 r[get_task(t).display] = ""
@@ -210,7 +220,7 @@ def speed_table(recs: list[dict]) -> pd.DataFrame:
 
 NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearman; MRPC, QQP mean of F1/acc; "
          "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. (Nk): trained on N examples, "
-         "fewer than GLUE's full training set. QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
+         "fewer than GLUE's full training set. †: a seed predicts one class for every dev example (the constant predictor's score). QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
 
 
 def build_tables(results_dir: Path) -> list[Path]:
@@ -219,6 +229,7 @@ def build_tables(results_dir: Path) -> list[Path]:
         m["env_device"] = json.loads((results_dir / m["_dir"] / "env.json").read_text())["device"]
         if m["kind"] == "teacher":
             m["_cap"] = _teacher_cap(results_dir / m["_dir"])
+        m["_single_class"] = single_class(results_dir / m["_dir"], m["task"])
     glue, long = glue_table(recs)
     speed = speed_table(recs)
     written = []

@@ -1,5 +1,6 @@
 """Tables from records written the way runs write them: reruns of a teacher or assistant stage are
-separate rows (never averaged as if they were seeds), and speed-ups name the teacher they are against."""
+separate rows (never averaged as if they were seeds), a classifier that predicts one class for every dev
+example is marked, and speed-ups name the teacher they are against."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,12 +18,13 @@ def speed(latency_ms: float) -> dict:
 
 def record(results: Path, where: str, *, kind: str, name: str, model: str, score: float, seed: int = 42,
            teachers: list | None = None, teacher_speed: dict | None = None, latency: float = 10.0,
-           resolved: dict | None = None) -> None:
+           resolved: dict | None = None, predictions: list | None = None) -> None:
     metrics = {"kind": kind, "name": name, "task": "sst2", "model": model, "lineage": [model],
                "teachers": teachers or [], "seed": seed, "dev": {"dev": {"accuracy": score}}, "score": score,
                "train": {"train_examples": 2000}, "params": {"total": 1_000_000}, "size_bytes": 2**20,
                "speed": speed(latency), "teacher_speed": teacher_speed}
-    write_record(results / "runs" / where, resolved or {}, metrics, {"dev": [[0, 1, 1]]}, ENV)
+    rows = predictions or [[0, 1, 1], [1, 0, 0]]
+    write_record(results / "runs" / where, resolved or {}, metrics, {"dev": rows}, ENV)
 
 
 def teacher(results: Path, spec: str, score: float, latency: float = 100.0) -> None:
@@ -72,3 +74,15 @@ def test_speed_up_is_per_teacher_it_is_measured_against(tmp_path):
     build_tables(tmp_path)
     sp = pd.read_csv(tmp_path / "speed.csv")
     assert sorted(sp["CPU speed-up vs teacher"]) == ["0.80x vs mid", "2.00x vs 6L", "4.00x vs big"]
+
+
+def test_a_student_predicting_one_class_everywhere_is_marked(tmp_path):
+    record(tmp_path, "glue/sst2/kd/a/seed42", kind="student", name="glue/sst2/kd/a", model="a", score=0.5,
+           predictions=[[0, 1, 1], [1, 1, 0], [2, 1, 0]])
+    record(tmp_path, "glue/sst2/kd/b/seed42", kind="student", name="glue/sst2/kd/b", model="b", score=0.5,
+           predictions=[[0, 1, 1], [1, 0, 0], [2, 1, 0]])
+    long = rows(tmp_path).set_index("row")
+    assert long.single_class.to_dict() == {"kd/a": True, "kd/b": False}
+    cells = {line.split("|")[1].strip(): line.split("|")[3].strip()
+             for line in (tmp_path / "glue.md").read_text().splitlines() if line.startswith("| kd/")}
+    assert cells == {"kd/a": "50.0 (2.0k) †", "kd/b": "50.0 (2.0k)"}
