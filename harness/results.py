@@ -177,7 +177,8 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 means.append(gt.score.mean())
             else:
                 r[get_task(t).display] = ""
-        r["Avg"] = f"{100 * sum(means) / len(means):.1f}"
+        # a mean over fewer tasks than the table's columns is not comparable with a full one: say so
+        r["Avg"] = f"{100 * sum(means) / len(means):.1f}" + (f" ({len(means)} of {len(order)})" if len(means) < len(order) else "")
         r["Seeds"] = int(g.groupby("task").seed.nunique().max())
         r["Device"] = ", ".join(sorted(set(g.device)))
         rows.append(r)
@@ -220,7 +221,9 @@ def speed_table(recs: list[dict]) -> pd.DataFrame:
 
 NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearman; MRPC, QQP mean of F1/acc; "
          "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. (Nk): trained on N examples, "
-         "fewer than GLUE's full training set. †: a seed predicts one class for every dev example (the constant predictor's score). QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
+         "fewer than GLUE's full training set. †: a seed predicts one class for every dev example (the constant "
+         "predictor's score). Avg: mean over the row's tasks, '(k of n)' when it lacks some of the table's. "
+         "QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
 
 
 def build_tables(results_dir: Path) -> list[Path]:

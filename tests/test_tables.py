@@ -18,8 +18,8 @@ def speed(latency_ms: float) -> dict:
 
 def record(results: Path, where: str, *, kind: str, name: str, model: str, score: float, seed: int = 42,
            teachers: list | None = None, teacher_speed: dict | None = None, latency: float = 10.0,
-           resolved: dict | None = None, predictions: list | None = None) -> None:
-    metrics = {"kind": kind, "name": name, "task": "sst2", "model": model, "lineage": [model],
+           resolved: dict | None = None, predictions: list | None = None, task: str = "sst2") -> None:
+    metrics = {"kind": kind, "name": name, "task": task, "model": model, "lineage": [model],
                "teachers": teachers or [], "seed": seed, "dev": {"dev": {"accuracy": score}}, "score": score,
                "train": {"train_examples": 2000}, "params": {"total": 1_000_000}, "size_bytes": 2**20,
                "speed": speed(latency), "teacher_speed": teacher_speed}
@@ -86,3 +86,14 @@ def test_a_student_predicting_one_class_everywhere_is_marked(tmp_path):
     cells = {line.split("|")[1].strip(): line.split("|")[3].strip()
              for line in (tmp_path / "glue.md").read_text().splitlines() if line.startswith("| kd/")}
     assert cells == {"kd/a": "50.0 (2.0k) †", "kd/b": "50.0 (2.0k)"}
+
+
+def test_avg_says_when_a_row_lacks_some_of_the_tables_tasks(tmp_path):
+    for task, score in (("sst2", 0.80), ("cola", 0.40)):
+        record(tmp_path, f"glue/{task}/kd/a/seed42", kind="student", name=f"glue/{task}/kd/a", model="a",
+               score=score, task=task)
+    record(tmp_path, "glue/sst2/kd/b/seed42", kind="student", name="glue/sst2/kd/b", model="b", score=0.70)
+    avg = {line.split("|")[1].strip(): line.split("|")[-4].strip()
+           for line in (build_tables(tmp_path) and (tmp_path / "glue.md").read_text()).splitlines()
+           if line.startswith("| kd/")}
+    assert avg == {"kd/a": "60.0", "kd/b": "70.0 (1 of 2)"}
