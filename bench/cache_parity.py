@@ -24,11 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.teachers import cache_dir
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from harness.teachers import cache_dir  # noqa: E402
-
 SHARED = ("models", "teachers", "tokenized", "teacher_outputs", "stages")
 
 
