@@ -47,9 +47,10 @@ def _resolved(recipe: Recipe, cards: list[Card | None], seed: int, task: Task, p
 
 
 def _train_and_record(recipe: Recipe, path: Path, seed: int, opts: Options, resolved: dict, ckpt: Path,
-                      out: Path) -> list[dict]:
+                      out: Path, final: Path | None = None) -> list[dict]:
     """Train the recipe's student for one seed (its teachers and stages first), save it to ``ckpt``
-    and write its record to ``out``; returns the training stats of every stage trained here."""
+    and write its record to ``out`` (the summary line names ``final`` instead when the caller moves it
+    there); returns the training stats of every stage trained here."""
     task = get_task(recipe.task)
     cards = _cards(recipe, path, opts)
     teacher_info, trained = [], []
@@ -102,7 +103,7 @@ def _train_and_record(recipe: Recipe, path: Path, seed: int, opts: Options, reso
             m["weight"] = t.weight
         shutil.rmtree(out, ignore_errors=True)
         write_record(out, resolved, metrics, preds, env_info(REPO_ROOT))
-        _summary(metrics, out)
+        _summary(metrics, final or out)
         trained += stats.get("phases", [stats])
     barrier()
     return trained
@@ -124,7 +125,7 @@ def ensure_stage(recipe: Recipe, name: str, path: Path, seed: int, opts: Options
             print(f"[{stage.name} seed {seed}] reusing the trained assistant in {folder}", flush=True)
     else:
         tmp = folder.with_name(folder.name + ".tmp")
-        trained = _train_and_record(stage, path, seed, opts, resolved, folder, tmp / "record")
+        trained = _train_and_record(stage, path, seed, opts, resolved, folder, tmp / "record", record_dir)
         if is_main():  # the model went to `folder` (the checkpoint), its record beside it
             shutil.rmtree(folder / "record", ignore_errors=True)
             (tmp / "record").rename(folder / "record")
