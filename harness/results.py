@@ -135,12 +135,15 @@ def _row_key(m: dict) -> str:
     return "/".join(parts)
 
 
-def _cell(scores: pd.Series, n_train: int, task: str) -> str:
+def _cell(scores: pd.Series, n_train: int, epochs: float, task: str) -> str:
     txt = f"{100 * scores.mean():.1f}"
     if len(scores) > 1:
         txt += f" ± {100 * scores.std(ddof=1):.1f}"
     if n_train < OFFICIAL_TRAIN[task]:
-        txt += f" ({n_train / 1000:.1f}k)" if n_train >= 1000 else f" ({n_train})"
+        # a capped run's budget is its size and its epochs: 2k examples for 1 epoch and for 2 are not
+        # the same experiment, and rows of one table may differ in either
+        size = f"{n_train / 1000:.1f}k" if n_train >= 1000 else f"{n_train}"
+        txt += f" ({size}, {epochs:g} ep)"
     return txt
 
 
@@ -161,6 +164,7 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     long = pd.DataFrame([{
         "row": _row_key(m), "model": m["model"], "lineage": " → ".join(m["lineage"]), "task": m["task"],
         "seed": m["seed"], "score": m["score"], "train_examples": m["train"]["train_examples"],
+        "epochs": m["train"]["epochs"],
         "device": m["env_device"], "single_class": m["_single_class"], "record": m["_dir"]} for m in recs])
     if long.empty:
         return long, long
@@ -173,7 +177,7 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         for t in order:
             gt = g[g.task == t]
             if len(gt):
-                r[get_task(t).display] = _cell(gt.score, int(gt.train_examples.max()), t) + " †" * bool(gt.single_class.any())
+                r[get_task(t).display] = _cell(gt.score, int(gt.train_examples.max()), float(gt.epochs.max()), t) + " †" * bool(gt.single_class.any())
                 means.append(gt.score.mean())
             else:
                 r[get_task(t).display] = ""
@@ -220,8 +224,8 @@ def speed_table(recs: list[dict]) -> pd.DataFrame:
 
 
 NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearman; MRPC, QQP mean of F1/acc; "
-         "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. (Nk): trained on N examples, "
-         "fewer than GLUE's full training set. †: a seed predicts one class for every dev example (the constant "
+         "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. (Nk, E ep): trained on N examples, "
+         "fewer than GLUE's full training set, for E epochs (of the last phase, for methods with several). †: a seed predicts one class for every dev example (the constant "
          "predictor's score). Avg: mean over the row's tasks, '(k of n)' when it lacks some of the table's. "
          "QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
 

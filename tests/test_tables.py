@@ -21,7 +21,7 @@ def record(results: Path, where: str, *, kind: str, name: str, model: str, score
            resolved: dict | None = None, predictions: list | None = None, task: str = "sst2") -> None:
     metrics = {"kind": kind, "name": name, "task": task, "model": model, "lineage": [model],
                "teachers": teachers or [], "seed": seed, "dev": {"dev": {"accuracy": score}}, "score": score,
-               "train": {"train_examples": 2000}, "params": {"total": 1_000_000}, "size_bytes": 2**20,
+               "train": {"train_examples": 2000, "epochs": 2.0}, "params": {"total": 1_000_000}, "size_bytes": 2**20,
                "speed": speed(latency), "teacher_speed": teacher_speed}
     rows = predictions or [[0, 1, 1], [1, 0, 0]]
     write_record(results / "runs" / where, resolved or {}, metrics, {"dev": rows}, ENV)
@@ -45,7 +45,7 @@ def test_two_fine_tunes_of_one_teacher_and_seed_are_two_rows_not_a_mean(tmp_path
                                 "teacher (fine-tuned, cap 2000): big [bbbbbb]"]
     table = [line for line in (tmp_path / "glue.md").read_text().splitlines() if line.startswith("|")]
     assert not any("±" in line for line in table)
-    assert any("90.0 (2.0k)" in line for line in table) and any("92.0 (2.0k)" in line for line in table)
+    assert any("90.0 (2.0k, 2 ep)" in line for line in table) and any("92.0 (2.0k, 2 ep)" in line for line in table)
 
 
 def test_one_fine_tune_keeps_its_plain_row_and_seeds_still_average(tmp_path):
@@ -54,7 +54,7 @@ def test_one_fine_tune_keeps_its_plain_row_and_seeds_still_average(tmp_path):
         record(tmp_path, f"glue/sst2/kd/small/seed{seed}", kind="student", name="glue/sst2/kd/small",
                model="small", score=score, seed=seed, teachers=[{"card": "big"}], teacher_speed=speed(100.0))
     assert sorted(set(rows(tmp_path).row)) == ["kd/small", "teacher (fine-tuned, cap 2000): big"]
-    assert "81.0 ± 1.4 (2.0k)" in (tmp_path / "glue.md").read_text()
+    assert "81.0 ± 1.4 (2.0k, 2 ep)" in (tmp_path / "glue.md").read_text()
 
 
 def test_assistant_stages_of_two_specs_are_two_rows(tmp_path):
@@ -85,7 +85,7 @@ def test_a_student_predicting_one_class_everywhere_is_marked(tmp_path):
     assert long.single_class.to_dict() == {"kd/a": True, "kd/b": False}
     cells = {line.split("|")[1].strip(): line.split("|")[3].strip()
              for line in (tmp_path / "glue.md").read_text().splitlines() if line.startswith("| kd/")}
-    assert cells == {"kd/a": "50.0 (2.0k) †", "kd/b": "50.0 (2.0k)"}
+    assert cells == {"kd/a": "50.0 (2.0k, 2 ep) †", "kd/b": "50.0 (2.0k, 2 ep)"}
 
 
 def test_avg_says_when_a_row_lacks_some_of_the_tables_tasks(tmp_path):
