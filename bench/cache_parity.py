@@ -4,7 +4,7 @@
         --seeds 42 43 44 --set training.max_train_examples=2000 --set training.max_length=64
 
 For each seed the recipe runs twice through the real CLI (``python -m harness run --force``): once
-with the cache (the teacher's outputs computed once, stored fp16 and read back every epoch) and once
+with the cache (the teacher's outputs computed once, stored and read back every epoch) and once
 with ``--no-teacher-cache`` (the teacher run on every batch, fp32 on CPU).  It prints each pair's dev
 headline, their difference in points, the largest difference between their logged losses, and the
 wall time of each; it exits 1 when a difference exceeds ``--tolerance`` points (default 0.5).
