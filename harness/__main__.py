@@ -171,8 +171,9 @@ def cmd_cache(args) -> int:
         return 0
     rows = teacher_cache.listing()
     for r in rows:
-        print(f"{r['key']}  {r['bytes'] / 2**20:9.1f} MiB  {r['examples']:7d} examples  {r['created']}  "
-              f"{', '.join(r['stored']) or 'logits only'}")
+        precision = r["dtype"] if "dtype" in r else "f16"  # sets built before the precision was recorded
+        stored = f"{', '.join(r['stored'])} ({precision})" if r["stored"] else "logits only"
+        print(f"{r['key']}  {r['bytes'] / 2**20:9.1f} MiB  {r['examples']:7d} examples  {r['created']}  {stored}")
     total = sum(r["bytes"] for r in rows)
     print(f"{len(rows)} cached teacher output sets, {total / 2**20:.1f} MiB in {teacher_cache.root()} "
           f"(cap per set: ${teacher_cache.MAX_GB_ENV}, default {teacher_cache.DEFAULT_MAX_GB:g} GiB)")
