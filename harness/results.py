@@ -177,7 +177,8 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         for t in order:
             gt = g[g.task == t]
             if len(gt):
-                r[get_task(t).display] = _cell(gt.score, int(gt.train_examples.max()), float(gt.epochs.max()), t) + " †" * bool(gt.single_class.any())
+                cell = _cell(gt.score, int(gt.train_examples.max()), float(gt.epochs.max()), t)
+                r[get_task(t).display] = cell + " †" * bool(gt.single_class.any())
                 means.append(gt.score.mean())
             else:
                 r[get_task(t).display] = ""
@@ -224,9 +225,9 @@ def speed_table(recs: list[dict]) -> pd.DataFrame:
 
 
 NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearman; MRPC, QQP mean of F1/acc; "
-         "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. (Nk, E ep): trained on N examples, "
-         "fewer than GLUE's full training set, for E epochs (of the last phase, for methods with several). †: a seed predicts one class for every dev example (the constant "
-         "predictor's score). Avg: mean over the row's tasks, '(k of n)' when it lacks some of the table's. "
+         "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. (Nk, E ep): trained on N "
+         "examples, fewer than GLUE's full training set, for E epochs (of the last phase, for methods with "
+         "several). †: a seed predicts one class for every dev example (the constant predictor's score). Avg: mean over the row's tasks, '(k of n)' when it lacks some of the table's. "
          "QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
 
 

@@ -7,8 +7,9 @@ hidden state or Q/K/V projection, one memory-mapped array of all real tokens end
 (``<name>.<f32|bf16|f16>``, row offsets in ``offsets.npy``).  Features are stored in the precision the
 stage computes in, the teacher's own (fp32 on CPU, bf16 on GPUs that have it): a cached run then reads
 what the teacher would have produced, rather than a rounding of it that sends training elsewhere (an
-fp32 run reading fp16 features ended 0.8 points away from its uncached twin on SST-2).  ``CachedTeacher.features(rows, mask)`` turns a
-batch's rows back into padded :class:`~harness.features.Features`.
+fp32 run reading fp16 features ended 0.8 points away from its uncached twin on SST-2).
+``CachedTeacher.features(rows, mask)`` turns a batch's rows back into padded
+:class:`~harness.features.Features`.
 
 The cache is bypassed, with a log line saying why, when the teacher must see new inputs every step
 (MixKD's mixed embeddings, masked-LM inputs) or when it would exceed the size cap.  Folders live in
