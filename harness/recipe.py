@@ -332,8 +332,25 @@ class Recipe(Strict):
         return d
 
 
+# Training fields that change how a run is logged or fed, not what it computes (loader workers give the
+# same batches: tests/test_run.py).  Records keep them; every hash sees them at their defaults, so changing
+# one reuses cached teachers, stages, students and records (and hashes from before this rule still match).
+OPERATIONAL = ("log_every", "loader_workers")
+
+
+def _operational_at_default(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: Training.model_fields[k].default if k in OPERATIONAL else _operational_at_default(v)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_operational_at_default(v) for v in obj]
+    return obj
+
+
 def recipe_hash(resolved: dict) -> str:
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    """Content hash of a resolved recipe (or any spec holding Training dumps or overrides)."""
+    spec = _operational_at_default(resolved)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def default_name(path: Path) -> str:

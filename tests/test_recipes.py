@@ -1,11 +1,12 @@
 """Recipe validation: every malformed recipe is one clear message naming file and field, no traceback,
 in under 5 seconds, and nothing in the YAML runs."""
+import json
 import time
 
 import pytest
 
 from conftest import REPO, harness_cli
-from harness.recipe import load_recipe
+from harness.recipe import load_recipe, recipe_hash
 from harness.schema import ConfigError
 
 GOOD = """\
@@ -110,6 +111,26 @@ def test_resolved_recipe_fills_defaults(tmp_path):
     from harness.recipe import Recipe
 
     assert Recipe.model_validate(d).resolved() == d
+
+
+def test_hash_ignores_logging_and_loader_workers_only(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(GOOD)
+    d = load_recipe(p).resolved()
+    assert "log_every" in d["training"] and "loader_workers" in d["training"]
+    h = recipe_hash(d)
+
+    def changed(**training):
+        e = json.loads(json.dumps(d))
+        e["training"] |= training
+        return recipe_hash(e)
+
+    assert changed(log_every=3, loader_workers=2) == h
+    assert changed(lr=1e-3) != h and changed(max_length=16) != h
+    # the same inside a phase's partial overrides
+    phase = {"phases": [{"name": "task", "training": {"log_every": 1}}]}
+    other = {"phases": [{"name": "task", "training": {"log_every": 9}}]}
+    assert recipe_hash(d | phase) == recipe_hash(d | other) != recipe_hash(d)
 
 
 def test_teacher_terms_need_a_teacher(tmp_path):

@@ -27,6 +27,8 @@ def test_finetune_settings_merge_and_key_the_cache(tmp_path, cache):
     assert a == finetuned_dir(c, "sst2", c.finetune_for("sst2"))
     assert a != finetuned_dir(c, "sst2", c.finetune_for("sst2", {"max_length": 64}))
     assert a != finetuned_dir(c, "rte", c.finetune_for("sst2"))
+    # how often it logs or how many processes feed it does not make another teacher
+    assert a == finetuned_dir(c, "sst2", c.finetune_for("sst2", {"log_every": 7, "loader_workers": 2}))
     with pytest.raises(ConfigError, match=r"lr: Input should be greater than 0"):
         c.finetune_for("sst2", {"lr": -1})
 
