@@ -11,7 +11,8 @@ from test_regression import HERE
 @needs_glue
 def test_real_teacher_and_kd_student_on_sst2_subset(tmp_path, cache):
     results = tmp_path / "results"
-    res = harness_cli("run", str(HERE / "sst2_minilm_kd.yaml"), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
+    res = harness_cli("run", str(HERE / "sst2_minilm_kd.yaml"), "--results-dir", str(results), "--glue-dir", REAL_GLUE,
+                      timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     teacher = json.loads(next((results / "runs" / "teachers").rglob("metrics.json")).read_text())
     student = json.loads(next((results / "runs" / "regression").rglob("metrics.json")).read_text())
