@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 from tabulate import tabulate
 
+from harness.losses import TERMS
 from harness.metrics import compute_metrics
 from harness.tasks import TASKS, get_task
 
@@ -111,6 +112,18 @@ def _teacher_cap(record: Path) -> int | None:
     return settings["max_train_examples"]
 
 
+def _teacher_caps(record: Path, terms: list[str]) -> tuple[int, ...]:
+    """The caps its card teachers were fine-tuned with, for a student some term of which reads a
+    teacher (its resolved recipe's teacher_checkpoints); () when none is capped or none teaches.  A
+    student taught by a 2k-example teacher and one taught by a fully trained teacher are different
+    experiments, and the cell says which it is."""
+    if not any(TERMS.get(t).needs_teacher for t in terms):
+        return ()  # no-KD: a teacher may be listed (shared defaults) but teaches nothing
+    r = yaml.safe_load((record / "recipe.yaml").read_text())
+    return tuple(sorted({c["finetune"]["max_train_examples"] for c in r["teacher_checkpoints"]
+                         if "finetune" in c and c["finetune"]["max_train_examples"] is not None}))
+
+
 def single_class(folder: Path, task: str) -> bool:
     """Whether a classifier's record predicts one class for every dev example: its score is then the
     constant predictor's (e.g. MRPC's 74.8 = all-positive F1/acc), whatever the method."""
@@ -135,16 +148,23 @@ def _row_key(m: dict) -> str:
     return "/".join(parts)
 
 
-def _cell(scores: pd.Series, n_train: int, epochs: float, task: str) -> str:
+def _size(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 1000 else f"{n}"
+
+
+def _cell(scores: pd.Series, n_train: int, epochs: float, task: str, teacher_caps: set[int]) -> str:
     txt = f"{100 * scores.mean():.1f}"
     if len(scores) > 1:
         txt += f" ± {100 * scores.std(ddof=1):.1f}"
+    notes = []
     if n_train < OFFICIAL_TRAIN[task]:
         # a capped run's budget is its size and its epochs: 2k examples for 1 epoch and for 2 are not
         # the same experiment, and rows of one table may differ in either
-        size = f"{n_train / 1000:.1f}k" if n_train >= 1000 else f"{n_train}"
-        txt += f" ({size}, {epochs:g} ep)"
-    return txt
+        notes.append(f"{_size(n_train)}, {epochs:g} ep")
+    caps = sorted(c for c in teacher_caps if c < OFFICIAL_TRAIN[task])
+    if caps:
+        notes.append("teacher " + "/".join(_size(c) for c in caps))
+    return txt + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _split_reruns(long: pd.DataFrame) -> None:
@@ -164,7 +184,7 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     long = pd.DataFrame([{
         "row": _row_key(m), "model": m["model"], "lineage": " → ".join(m["lineage"]), "task": m["task"],
         "seed": m["seed"], "score": m["score"], "train_examples": m["train"]["train_examples"],
-        "epochs": m["train"]["epochs"],
+        "epochs": m["train"]["epochs"], "teacher_train_cap": "/".join(map(str, m["_teacher_caps"])),
         "device": m["env_device"], "single_class": m["_single_class"], "record": m["_dir"]} for m in recs])
     if long.empty:
         return long, long
@@ -177,7 +197,8 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         for t in order:
             gt = g[g.task == t]
             if len(gt):
-                cell = _cell(gt.score, int(gt.train_examples.max()), float(gt.epochs.max()), t)
+                caps = {int(c) for cs in gt.teacher_train_cap for c in cs.split("/") if c}
+                cell = _cell(gt.score, int(gt.train_examples.max()), float(gt.epochs.max()), t, caps)
                 r[get_task(t).display] = cell + " †" * bool(gt.single_class.any())
                 means.append(gt.score.mean())
             else:
@@ -227,7 +248,7 @@ def speed_table(recs: list[dict]) -> pd.DataFrame:
 NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearman; MRPC, QQP mean of F1/acc; "
          "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. (Nk, E ep): trained on N "
          "examples, fewer than GLUE's full training set, for E epochs (of the last phase, for methods with "
-         "several). †: a seed predicts one class for every dev example (the constant predictor's score). Avg: mean over the row's tasks, '(k of n)' when it lacks some of the table's. "
+         "several). (teacher N): its teachers were fine-tuned on N examples, fewer than the full training set. †: a seed predicts one class for every dev example (the constant predictor's score). Avg: mean over the row's tasks, '(k of n)' when it lacks some of the table's. "
          "QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
 
 
@@ -237,6 +258,7 @@ def build_tables(results_dir: Path) -> list[Path]:
         m["env_device"] = json.loads((results_dir / m["_dir"] / "env.json").read_text())["device"]
         if m["kind"] == "teacher":
             m["_cap"] = _teacher_cap(results_dir / m["_dir"])
+        m["_teacher_caps"] = () if m["kind"] == "teacher" else _teacher_caps(results_dir / m["_dir"], m["terms"])
         m["_single_class"] = single_class(results_dir / m["_dir"], m["task"])
     glue, long = glue_table(recs)
     speed = speed_table(recs)

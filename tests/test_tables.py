@@ -18,13 +18,14 @@ def speed(latency_ms: float) -> dict:
 
 def record(results: Path, where: str, *, kind: str, name: str, model: str, score: float, seed: int = 42,
            teachers: list | None = None, teacher_speed: dict | None = None, latency: float = 10.0,
-           resolved: dict | None = None, predictions: list | None = None, task: str = "sst2") -> None:
+           resolved: dict | None = None, predictions: list | None = None, task: str = "sst2",
+           terms: list | None = None) -> None:
     metrics = {"kind": kind, "name": name, "task": task, "model": model, "lineage": [model],
-               "teachers": teachers or [], "seed": seed, "dev": {"dev": {"accuracy": score}}, "score": score,
+               "teachers": teachers or [], "terms": terms or ["ce"], "seed": seed, "dev": {"dev": {"accuracy": score}}, "score": score,
                "train": {"train_examples": 2000, "epochs": 2.0}, "params": {"total": 1_000_000}, "size_bytes": 2**20,
                "speed": speed(latency), "teacher_speed": teacher_speed}
     rows = predictions or [[0, 1, 1], [1, 0, 0]]
-    write_record(results / "runs" / where, resolved or {}, metrics, {"dev": rows}, ENV)
+    write_record(results / "runs" / where, resolved or {"teacher_checkpoints": []}, metrics, {"dev": rows}, ENV)
 
 
 def teacher(results: Path, spec: str, score: float, latency: float = 100.0) -> None:
@@ -97,3 +98,24 @@ def test_avg_says_when_a_row_lacks_some_of_the_tables_tasks(tmp_path):
            for line in (build_tables(tmp_path) and (tmp_path / "glue.md").read_text()).splitlines()
            if line.startswith("| kd/")}
     assert avg == {"kd/a": "60.0", "kd/b": "70.0 (1 of 2)"}
+
+
+def taught_by(cap: int | None) -> dict:
+    """A student's resolved recipe as runs write it: its card teacher and the cap it was fine-tuned with."""
+    return {"teacher_checkpoints": [{"card": "big", "source": {}, "finetune": {"max_train_examples": cap}}]}
+
+
+def test_a_cell_says_when_its_teacher_was_fine_tuned_on_fewer_examples_than_the_full_set(tmp_path):
+    for method, cap, terms in (("kd", 2000, ["hinton_kd"]), ("kd_full", None, ["hinton_kd"]),
+                               ("kd_cap_above_full", 100_000, ["hinton_kd"]), ("nokd", 2000, ["ce"])):
+        record(tmp_path, f"glue/sst2/{method}/s/seed42", kind="student", name=f"glue/sst2/{method}/s",
+               model="s", score=0.8, teachers=[{"card": "big"}], teacher_speed=speed(100.0),
+               resolved=taught_by(cap), terms=terms)
+    long = rows(tmp_path).set_index("row")
+    # no-KD lists the zoo's teacher but no term of it reads one: its cell names no teacher
+    assert long.teacher_train_cap.fillna(0).astype(int).to_dict() == {"kd/s": 2000, "kd_full/s": 0,
+                                                                       "kd_cap_above_full/s": 100000, "nokd/s": 0}
+    cells = {line.split("|")[1].strip(): line.split("|")[3].strip()
+             for line in (tmp_path / "glue.md").read_text().splitlines() if line.startswith("| ")}
+    assert cells["kd/s"] == "80.0 (2.0k, 2 ep; teacher 2.0k)"
+    assert cells["kd_full/s"] == cells["kd_cap_above_full/s"] == cells["nokd/s"] == "80.0 (2.0k, 2 ep)"
