@@ -303,6 +303,10 @@ class Recipe(Strict):
             return [("", Phase(name="task", objective=self.objective or []))]
         return [(f"phases[{i}].", p) for i, p in enumerate(self.phases)]
 
+    def reads_teachers(self) -> bool:
+        """Whether any phase has a term that reads a teacher (the no-KD baseline has none)."""
+        return any(TERMS.get(t.term).needs_teacher for _, p in self.named_phases() for t in p.objective)
+
     def stage_recipe(self, name: str) -> "Recipe":
         """Assistant ``name`` as a recipe of its own, with just the earlier assistants it builds on."""
         by_name = {a.name: a for a in self.assistants}

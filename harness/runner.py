@@ -15,7 +15,7 @@ from harness.phases import Options, _cards, _tokenize_all, barrier, evaluate, is
 from harness.recipe import Recipe, recipe_hash
 from harness.results import env_info, write_record
 from harness.tasks import Task, get_task
-from harness.teacher_prep import _finish, _summary, ensure_cofinetuned, ensure_teacher
+from harness.teacher_prep import _finish, _summary, ensure_cofinetuned, ensure_teacher, untrained_teacher
 from harness.teachers import REPO_ROOT, Card, cache_dir
 
 
@@ -56,6 +56,8 @@ def _train_and_record(recipe: Recipe, path: Path, seed: int, opts: Options, reso
     teacher_info, trained = [], []
     if recipe.cofinetune is not None:  # validation made sure they are all cards
         teacher_info = ensure_cofinetuned(cards, task, recipe.cofinetune, opts)
+    elif not recipe.reads_teachers() and None not in cards:  # no-KD: the teachers are only timed
+        teacher_info = [untrained_teacher(c, task) for c in cards]
     else:
         for c, t in zip(cards, recipe.teachers):
             if c is not None:
@@ -97,7 +99,8 @@ def _train_and_record(recipe: Recipe, path: Path, seed: int, opts: Options, reso
                    "dev": dev, "score": task_headline(task, dev), "train": stats,
                    **_finish(student, tok, ckpt, recipe.speed),
                    "teacher_speed": teacher_info[0][1]["speed"] if teacher_info else None,
-                   "teacher_scores": {n: info["score"] for n, (_, info) in zip(names, teacher_info)},
+                   "teacher_scores": {n: info["score"] for n, (_, info) in zip(names, teacher_info)
+                                      if info["score"] is not None},
                    "checkpoint": str(ckpt)}
         for m, t in zip(metrics["teachers"], recipe.teachers):
             m["weight"] = t.weight

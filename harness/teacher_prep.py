@@ -69,6 +69,16 @@ def ensure_teacher(card: Card, task: Task, overrides: dict, opts: Options) -> tu
     return folder, json.loads(done.read_text())
 
 
+def untrained_teacher(card: Card, task: Task) -> tuple[Path, dict]:
+    """A teacher no term reads (the no-KD baseline): not fine-tuned, which would spend a teacher's
+    training on weights nobody uses.  Its pretrained encoder (with a fresh head, which runs exactly as
+    fast as a fine-tuned one) is timed for the speed-up column; it has no score."""
+    path = card.pretrained_path()
+    s = SpeedSettings()
+    speed = bench.measure(load_classifier(path, task), s.seq_len, s.throughput_batch, s.iters) if is_main() else None
+    return path, {"speed": speed, "score": None}
+
+
 def ensure_cofinetuned(cards: list[Card], task: Task, overrides: dict, opts: Options) -> list[tuple[Path, dict]]:
     """The cards fine-tuned jointly (MT-BERT co-finetuning), from the cache or trained now; returns
     (folder, metrics) per card, like ensure_teacher."""

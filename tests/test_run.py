@@ -110,6 +110,10 @@ def test_mnli_two_dev_splits_and_stsb_regression_on_fixtures(tmp_path, tiny_card
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((results / "runs" / "mnli-nokd" / "seed42" / "metrics.json").read_text())
     assert set(m["dev"]) == {"dev_matched", "dev_mismatched"}
+    # no term reads the teacher: it is timed for the speed-up column but never fine-tuned
+    assert not (results / "runs" / "teachers" / "tiny-bert" / "mnli").exists()
+    assert m["teacher_scores"] == {} and m["teacher_speed"]["cpu"]["latency_ms"] > 0
+    assert (results / "runs" / "teachers" / "tiny-bert" / "stsb").exists()  # the KD recipe's teacher is fine-tuned
     assert m["score"] == pytest.approx((m["dev"]["dev_matched"]["accuracy"] + m["dev"]["dev_mismatched"]["accuracy"]) / 2)
     s = json.loads((results / "runs" / "stsb-kd" / "seed42" / "metrics.json").read_text())
     assert set(s["dev"]["dev"]) == {"pearson", "spearmanr"}
