@@ -5,7 +5,7 @@ A record is a folder under ``results/runs/``::
     recipe.yaml            the resolved recipe (or the teacher's resolved fine-tuning spec)
     metrics.json           dev metrics, headline score, training stats, parameters, size, speed
     predictions/<split>.tsv  index, prediction, label: one row per dev example
-    env.json               git commit, package versions, device
+    env.json               git commit (and any uncommitted code changes), package versions, device
 
 ``build_tables`` reads every record and writes ``glue.{md,csv,tex}`` and ``speed.{md,csv,tex}``.
 """
@@ -16,6 +16,7 @@ import json
 import platform
 import subprocess
 import sys
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -34,13 +35,24 @@ PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "evaluate", "panda
             "scikit-learn", "scipy", "kd-harness")
 
 
-def env_info(repo: Path) -> dict:
+@lru_cache(maxsize=None)
+def git_state(repo: Path) -> tuple[str | None, tuple[str, ...]]:
+    """The commit and the tracked files that differ from it, outside ``results/``: a rerun deletes and
+    rewrites its own committed record, which says nothing about the code that ran. Cached per process,
+    and read when a run starts, so an edit made while it trains is not blamed on it."""
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError):
             return None
 
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results") or ""
+    return (commit.strip() if commit else None), tuple(line[3:] for line in status.splitlines() if line.strip())
+
+
+def env_info(repo: Path) -> dict:
+    commit, changed = git_state(repo)
     versions = {}
     for p in PACKAGES:
         try:
@@ -51,8 +63,9 @@ def env_info(repo: Path) -> dict:
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": commit,
+        "git_dirty": bool(changed),
+        "git_changed": list(changed),  # tracked files outside results/ that differ from the commit
         "python": sys.version.split()[0],
         "packages": versions,
         "device": gpu or "cpu",

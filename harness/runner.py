@@ -13,7 +13,7 @@ from harness.metrics import task_headline
 from harness.models import build_student, load_classifier, load_tokenizer, tokenizer_id
 from harness.phases import Options, _cards, _tokenize_all, barrier, evaluate, is_main, train_phases
 from harness.recipe import Recipe, recipe_hash
-from harness.results import env_info, write_record
+from harness.results import env_info, git_state, write_record
 from harness.tasks import Task, get_task
 from harness.teacher_prep import _finish, _summary, ensure_cofinetuned, ensure_teacher, untrained_teacher
 from harness.teachers import REPO_ROOT, Card, cache_dir
@@ -142,6 +142,7 @@ def ensure_stage(recipe: Recipe, name: str, path: Path, seed: int, opts: Options
 
 def run_recipe(path: Path, recipe: Recipe, opts: Options) -> list[dict]:
     """Run every seed of a recipe; returns the training stats of the runs trained now (rank 0)."""
+    git_state(REPO_ROOT)  # the code as it is now, before anyone edits it while this trains
     trained = []
     task = get_task(recipe.task)
     cards = _cards(recipe, path, opts)
@@ -173,5 +174,7 @@ def cache_summary(stages: list[dict]) -> str | None:
     would = sum(c["teacher_forward_examples_uncached"] for c in with_teacher)
     did = sum(c["teacher_forward_examples_cached"] if not c["status"].startswith("off")
               else c["teacher_forward_examples_uncached"] for c in with_teacher)
+    if did >= would:  # every stage ran its teachers live (cache off, or MixKD's mixed inputs)
+        return f"teacher-output cache: saved nothing; teachers ran over all {would:,} examples"
     return (f"teacher-output cache: teachers ran over {did:,} examples instead of {would:,} "
-            f"({100 * (1 - did / would) if would else 0:.0f}% of teacher forward passes saved)")
+            f"({100 * (1 - did / would):.0f}% of teacher forward passes saved)")

@@ -119,3 +119,33 @@ def test_a_cell_says_when_its_teacher_was_fine_tuned_on_fewer_examples_than_the_
              for line in (tmp_path / "glue.md").read_text().splitlines() if line.startswith("| ")}
     assert cells["kd/s"] == "80.0 (2.0k, 2 ep; teacher 2.0k)"
     assert cells["kd_full/s"] == cells["kd_cap_above_full/s"] == cells["nokd/s"] == "80.0 (2.0k, 2 ep)"
+
+
+def test_git_dirty_means_code_changed_not_the_record_a_rerun_rewrites(tmp_path):
+    import subprocess
+
+    from harness.results import env_info, git_state
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "x.py").write_text("a = 1\n")
+    (tmp_path / "results" / "runs").mkdir(parents=True)
+    (tmp_path / "results" / "runs" / "metrics.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    (tmp_path / "results" / "runs" / "metrics.json").unlink()  # what a rerun does to its own record
+    (tmp_path / "untracked.txt").write_text("scratch\n")
+    git_state.cache_clear()
+    env = env_info(tmp_path)
+    assert env["git_commit"] and len(env["git_commit"]) == 40
+    assert env["git_dirty"] is False and env["git_changed"] == []
+    (tmp_path / "harness" / "x.py").write_text("a = 2\n")
+    assert env_info(tmp_path)["git_dirty"] is False  # read once per process: the code the run started with
+    git_state.cache_clear()
+    env = env_info(tmp_path)
+    assert env["git_dirty"] is True and env["git_changed"] == ["harness/x.py"]
+    git_state.cache_clear()

@@ -150,3 +150,20 @@ def test_cache_cli_lists_and_clears(tmp_path):
     assert ls.returncode == 0 and "abc" in ls.stdout and "1 cached teacher output sets" in ls.stdout
     cl = harness_cli("cache", "clear", env=env)
     assert cl.returncode == 0 and not folder.exists()
+
+
+def test_end_of_run_summary_counts_teacher_passes_over_the_stages_that_had_teachers():
+    from harness.runner import cache_summary
+
+    def stage(status, uncached, cached):
+        return {"teacher_cache": {"status": status, "teacher_forward_examples_uncached": uncached,
+                                  "teacher_forward_examples_cached": cached}}
+
+    assert cache_summary([{"teacher_cache": {"status": "no teacher"}}]) is None
+    # built once (100 passes, 2 epochs' worth would be 200), then a hit (0 of 200)
+    line = cache_summary([stage("built", 200, 100), stage("hit", 200, 0), {"teacher_cache": {"status": "no teacher"}}])
+    assert line == ("teacher-output cache: teachers ran over 100 examples instead of 400 "
+                    "(75% of teacher forward passes saved)")
+    # a stage with the cache off ran its teachers every step, whatever its cached count says
+    line = cache_summary([stage("off: MixKD feeds teachers mixed embeddings", 300, 0)])
+    assert line == "teacher-output cache: saved nothing; teachers ran over all 300 examples"
