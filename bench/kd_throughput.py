@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import cap_examples, tokenize
-from harness.distill import Teacher, device, train_stage
+from harness.distill import Teacher, train_stage
+from harness.engine import device
 from harness.losses import TERMS
 from harness.models import keep_layers, load_classifier, load_tokenizer
-from harness.recipe import DeepSpeedSettings, Training
+from harness.recipe_parts import DeepSpeedSettings, Training
 from harness.phases import init_distributed
 from harness.tasks import get_task, load_split, resolve_glue_dir
 from harness.teachers import find_card, load_card

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 from harness.losses import TERMS, Shape, Term, TermError
-from harness.recipe import ConfigStudent, Phase, PretrainedStudent, Recipe, TeacherLayersStudent
+from harness.recipe import Recipe
+from harness.recipe_parts import ConfigStudent, Phase, PretrainedStudent, TeacherLayersStudent
 from harness.schema import ConfigError
 
 
 def recipe_cards(recipe: Recipe, path: Path, teachers_dir: Path | None = None, where: str = "") -> dict:
     """{field: Card} for every card the recipe names itself (not its assistants')."""
-    from harness.teachers import find_card, load_card  # local: teachers imports recipe's Training
+    from harness.teachers import find_card, load_card  # local: teachers imports recipe (recipe_hash)
 
     s = recipe.student
     refs = {f"teachers[{i}].card": t.card for i, t in enumerate(recipe.teachers) if t.card is not None}

@@ -21,8 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.data import Collator, length_grouped_batches, rank_shard
-from harness.distill import MODEL_INPUTS, _optimizer, _to, _warmup_linear, device, ds_config, model_dtype, world
-from harness.recipe import DeepSpeedSettings, Training
+from harness.engine import MODEL_INPUTS, device, ds_config, model_dtype, optimizer, to_device, warmup_linear, world
+from harness.recipe_parts import DeepSpeedSettings, Training
 
 # model_type -> (pooling dense, prediction layer): where each architecture keeps the two layers MT-BERT shares
 HEADS = {"bert": ("bert.pooler.dense", "classifier"), "mpnet": ("classifier.dense", "classifier.out_proj")}
@@ -69,8 +69,8 @@ def cofinetune(models: list[nn.Module], datasets: list, pad_ids: list[int], regr
     n = len(datasets[0])
     total = training.max_steps or max(1, math.ceil(training.epochs * math.ceil(n / training.batch_size)))
     engine, _, _, _ = deepspeed.initialize(
-        model=joint, optimizer=_optimizer(joint, training, None), config=ds_config(training, settings, world_size),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _warmup_linear(total, training.warmup_ratio)))
+        model=joint, optimizer=optimizer(joint, training, None), config=ds_config(training, settings, world_size),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total, training.warmup_ratio)))
     collates = [Collator(p, regression) for p in pad_ids]
     lengths = np.asarray(datasets[0]["length"])
     dev = device()
@@ -84,7 +84,7 @@ def cofinetune(models: list[nn.Module], datasets: list, pad_ids: list[int], regr
             if step >= total:
                 break
             rows = rank_shard(gbatch, rank, world_size)
-            batches = [_to(c([ds[int(i)] for i in rows]), dev) for c, ds in zip(collates, datasets)]
+            batches = [to_device(c([ds[int(i)] for i in rows]), dev) for c, ds in zip(collates, datasets)]
             inputs = [{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches]
             loss = engine(inputs, batches[0]["labels"], regression)
             engine.backward(loss)

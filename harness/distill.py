@@ -22,40 +22,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.data import Collator, length_grouped_batches, loader, rank_shard
+from harness.engine import (MODEL_INPUTS, LrScale, barrier, device, ds_config, model_dtype, optimizer, to_device,
+                            warmup_linear, world)
 from harness import teacher_cache
 from harness.features import Need, forward_features, mixed_forward
 from harness.losses import Batch, Term
-from harness.recipe import DeepSpeedSettings, Training
+from harness.recipe_parts import DeepSpeedSettings, Training
 from harness.tasks import Task
 from harness.weighting import WeightingSpec, teacher_weights
-
-LrScale = Callable[[str], float]  # student parameter name -> lr multiplier (0: frozen)
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def device() -> torch.device:
-    acc = get_accelerator()
-    if acc.device_name() == "cpu":
-        return torch.device("cpu")
-    return torch.device(acc.device_name(acc.current_device()))
-
-
-def use_bf16(settings: DeepSpeedSettings) -> bool:
-    if settings.precision == "auto":
-        return device().type != "cpu" and get_accelerator().is_bf16_supported()
-    return settings.precision == "bf16"
-
-
-def model_dtype(settings: DeepSpeedSettings) -> torch.dtype:
-    if use_bf16(settings):
-        return torch.bfloat16
-    return torch.float16 if settings.precision == "fp16" else torch.float32
-
 
 @dataclass
 class Teacher:
@@ -103,56 +77,6 @@ class Objective(nn.Module):
         return (parts * parts.new_tensor(self.weights)).sum(), parts.detach(), mean_w
 
 
-def ds_config(training: Training, settings: DeepSpeedSettings, world_size: int) -> dict:
-    per_step = world_size * settings.gradient_accumulation_steps
-    if training.batch_size % per_step:
-        raise ValueError(
-            f"training.batch_size ({training.batch_size}) must be divisible by ranks x gradient_accumulation_steps ({per_step})"
-        )
-    bf16 = use_bf16(settings)
-    cfg = {
-        "train_batch_size": training.batch_size,
-        "train_micro_batch_size_per_gpu": training.batch_size // per_step,
-        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
-        "gradient_clipping": settings.gradient_clipping,
-        "zero_optimization": {"stage": settings.zero_stage},
-        "bf16": {"enabled": bf16},
-        "fp16": {"enabled": settings.precision == "fp16"},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 1 << 30,
-    }
-    if settings.zero_stage == 3:
-        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
-    return cfg
-
-
-def _optimizer(module: nn.Module, training: Training, lr_scale: LrScale | None) -> torch.optim.Optimizer:
-    """AdamW with no decay on biases and LayerNorms (BERT's recipe), one group per lr multiplier
-    (progressive transfer trains earlier blocks at a reduced rate).  A torch optimizer passed to
-    DeepSpeed avoids JIT-compiling its FusedAdam op; on CUDA torch's own fused kernel is used."""
-    groups: dict[tuple[bool, float], list] = {}
-    for name, p in module.named_parameters():
-        scale = lr_scale(name.removeprefix("student.")) if lr_scale and name.startswith("student.") else 1.0
-        p.requires_grad_(scale > 0)
-        if scale > 0:
-            groups.setdefault((p.ndim < 2, scale), []).append(p)
-    param_groups = [{"params": ps, "weight_decay": 0.0 if no_decay else training.weight_decay, "lr": training.lr * scale}
-                    for (no_decay, scale), ps in groups.items()]
-    cuda = device().type == "cuda"
-    return torch.optim.AdamW(param_groups, lr=training.lr, fused=cuda, foreach=not cuda)
-
-
-def _warmup_linear(total: int, warmup_ratio: float):
-    warm = max(1, int(total * warmup_ratio)) if warmup_ratio > 0 else 0
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (total - step) / max(1, total - warm))
-
-    return factor
-
-
 def _teacher_cache(teachers, needs, terms, t_data, training, why: str | None, dtype, dev, rank, desc):
     """Per teacher a CachedTeacher or None, and what happened (for the record and the log)."""
     if not teachers:
@@ -172,22 +96,13 @@ def _teacher_cache(teachers, needs, terms, t_data, training, why: str | None, dt
         if need.hidden and not need.layers:  # a term reading unspecified hidden states: keep them all
             need = Need(need.hidden, need.qkv, frozenset(range(t.model.config.num_hidden_layers + 1)))
         c, how = teacher_cache.prepare(t.model, t.source, ds, need, collate, dev, training.eval_batch_size,
-                                       rank == 0, _barrier, f"teacher {i}")
+                                       rank == 0, barrier, f"teacher {i}")
         out.append(c)
         status.append(how)
         built += len(ds) if how == "built" else 0
     if rank == 0:
         print(f"[{desc}] teacher-output cache: {', '.join(status)}", flush=True)
     return out, {"status": ", ".join(status), "teacher_forward_examples_cached": built}
-
-
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _to(batch: dict, dev: torch.device) -> dict:
-    return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
 
 
 def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[Term, float]],
@@ -215,8 +130,8 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     per_epoch = math.ceil(n / training.batch_size)
     total = training.max_steps or max(1, math.ceil(training.epochs * per_epoch))
     engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=_optimizer(module, training, lr_scale), config=ds_config(training, settings, world_size),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _warmup_linear(total, training.warmup_ratio)),
+        model=module, optimizer=optimizer(module, training, lr_scale), config=ds_config(training, settings, world_size),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total, training.warmup_ratio)),
     )
     if training.compile:  # torch.compile of the student (its term modules run eagerly around it)
         engine.module.student.compile()
@@ -265,9 +180,9 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
                 micro, batch, own = next(batches)
                 if mask_tokens is not None:  # the teacher sees the same masked text as the student
                     batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"])
-                batch = _to(batch, dev)
+                batch = to_device(batch, dev)
                 inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-                t_inputs = [inputs if b is None else {k: v for k, v in _to(b, dev).items() if k in MODEL_INPUTS}
+                t_inputs = [inputs if b is None else {k: v for k, v in to_device(b, dev).items() if k in MODEL_INPUTS}
                             for b in own]
                 with torch.no_grad():  # teachers are frozen: no graph, no gradient
                     t_feats = [c.features(micro, ti["attention_mask"], dtype) if c is not None
@@ -333,7 +248,7 @@ def predict(model: nn.Module, ds, task: Task, batch_size: int, pad_id: int, desc
     mine = rank_shard(order, rank, world_size)
     rows = []
     for start in tqdm(range(0, len(mine), batch_size), desc=desc, disable=rank != 0, dynamic_ncols=True):
-        batch = _to(collate([ds[int(i)] for i in mine[start:start + batch_size]]), dev)
+        batch = to_device(collate([ds[int(i)] for i in mine[start:start + batch_size]]), dev)
         logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits.float()
         pred = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
         rows += zip(batch["idx"].tolist(), pred.tolist(), batch["labels"].tolist())

@@ -12,7 +12,8 @@ import transformers
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from harness.recipe import ConfigStudent, PretrainedStudent, Recipe, TeacherLayersStudent
+from harness.recipe import Recipe
+from harness.recipe_parts import ConfigStudent, PretrainedStudent, TeacherLayersStudent
 from harness.tasks import Task
 from harness.teachers import Card, find_card, load_card
 

@@ -20,12 +20,14 @@ from transformers import DataCollatorForLanguageModeling
 
 from harness.checks import build_terms
 from harness.data import corpus_lines, tokenize, tokenize_corpus
-from harness.distill import Teacher, device, predict, train_stage, world
+from harness.distill import Teacher, predict, train_stage
+from harness.engine import device, world
 from harness.features import Need
 from harness.losses import Shape
 from harness.metrics import compute_metrics
 from harness.models import encoder_layers, load_classifier
-from harness.recipe import Corpus, DeepSpeedSettings, Progressive, Recipe, Training
+from harness.recipe import Recipe
+from harness.recipe_parts import Corpus, DeepSpeedSettings, Progressive, Training
 from harness.tasks import Task, get_task
 from harness.teachers import Card, find_card, load_card
 from harness.weighting import WeightingSpec

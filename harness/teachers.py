@@ -21,7 +21,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from harness.recipe import Training, recipe_hash
+from harness.recipe import recipe_hash
+from harness.recipe_parts import Training
 from harness.registry import Registry
 from harness.schema import ConfigError, Strict, load, parse
 

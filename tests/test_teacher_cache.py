@@ -11,7 +11,7 @@ from harness import teacher_cache
 from harness.distill import Teacher, train_stage
 from harness.features import Need
 from harness.losses import TERMS, Shape
-from harness.recipe import DeepSpeedSettings, Training
+from harness.recipe_parts import DeepSpeedSettings, Training
 from harness.phases import init_distributed
 
 

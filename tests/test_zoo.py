@@ -71,7 +71,7 @@ def test_mixed_forward_is_plain_forward_when_lambda_is_one():
 
 
 def test_progressive_scale_freezes_below_and_above():
-    from harness.recipe import Progressive
+    from harness.recipe_parts import Progressive
     from harness.phases import _progressive_scale
 
     freeze = _progressive_scale(1, Progressive(lower="freeze"))
@@ -180,7 +180,7 @@ def test_stage_trains_student_and_terms_never_the_teacher(tmp_path):
 
     from harness.distill import Teacher, train_stage
     from harness.losses import TERMS, Shape
-    from harness.recipe import DeepSpeedSettings, Training
+    from harness.recipe_parts import DeepSpeedSettings, Training
     from harness.phases import init_distributed
 
     init_distributed()

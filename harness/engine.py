@@ -1,0 +1,102 @@
+"""The DeepSpeed plumbing every training stage shares: ranks, device, precision, the engine's config,
+the optimizer and the learning-rate schedule.
+
+Student distillation (:mod:`harness.distill`) and MT-BERT teacher co-finetuning (:mod:`harness.cofinetune`)
+both build their engines from these, so the two train under the same settings.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+from torch import nn
+
+from harness.recipe_parts import DeepSpeedSettings, Training
+
+LrScale = Callable[[str], float]  # student parameter name -> lr multiplier (0: frozen)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def device() -> torch.device:
+    acc = get_accelerator()
+    if acc.device_name() == "cpu":
+        return torch.device("cpu")
+    return torch.device(acc.device_name(acc.current_device()))
+
+
+def use_bf16(settings: DeepSpeedSettings) -> bool:
+    if settings.precision == "auto":
+        return device().type != "cpu" and get_accelerator().is_bf16_supported()
+    return settings.precision == "bf16"
+
+
+def model_dtype(settings: DeepSpeedSettings) -> torch.dtype:
+    if use_bf16(settings):
+        return torch.bfloat16
+    return torch.float16 if settings.precision == "fp16" else torch.float32
+
+
+def ds_config(training: Training, settings: DeepSpeedSettings, world_size: int) -> dict:
+    per_step = world_size * settings.gradient_accumulation_steps
+    if training.batch_size % per_step:
+        raise ValueError(
+            f"training.batch_size ({training.batch_size}) must be divisible by ranks x gradient_accumulation_steps ({per_step})"
+        )
+    bf16 = use_bf16(settings)
+    cfg = {
+        "train_batch_size": training.batch_size,
+        "train_micro_batch_size_per_gpu": training.batch_size // per_step,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "gradient_clipping": settings.gradient_clipping,
+        "zero_optimization": {"stage": settings.zero_stage},
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": settings.precision == "fp16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+    }
+    if settings.zero_stage == 3:
+        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    return cfg
+
+
+def optimizer(module: nn.Module, training: Training, lr_scale: LrScale | None) -> torch.optim.Optimizer:
+    """AdamW with no decay on biases and LayerNorms (BERT's recipe), one group per lr multiplier
+    (progressive transfer trains earlier blocks at a reduced rate).  A torch optimizer passed to
+    DeepSpeed avoids JIT-compiling its FusedAdam op; on CUDA torch's own fused kernel is used."""
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in module.named_parameters():
+        scale = lr_scale(name.removeprefix("student.")) if lr_scale and name.startswith("student.") else 1.0
+        p.requires_grad_(scale > 0)
+        if scale > 0:
+            groups.setdefault((p.ndim < 2, scale), []).append(p)
+    param_groups = [{"params": ps, "weight_decay": 0.0 if no_decay else training.weight_decay, "lr": training.lr * scale}
+                    for (no_decay, scale), ps in groups.items()]
+    cuda = device().type == "cuda"
+    return torch.optim.AdamW(param_groups, lr=training.lr, fused=cuda, foreach=not cuda)
+
+
+def warmup_linear(total: int, warmup_ratio: float):
+    warm = max(1, int(total * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return factor
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def to_device(batch: dict, dev: torch.device) -> dict:
+    return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
