@@ -125,7 +125,7 @@ def cmd_verify(args) -> int:
     """Recompute every record's metrics from its predictions file and compare."""
     import json
 
-    from harness.results import recompute
+    from harness.records import recompute
 
     bad = 0
     records = sorted((args.results_dir / "runs").rglob("metrics.json"))

@@ -13,7 +13,7 @@ from harness.metrics import task_headline
 from harness.models import build_student, load_classifier, load_tokenizer, tokenizer_id
 from harness.phases import Options, _cards, _tokenize_all, barrier, evaluate, is_main, train_phases
 from harness.recipe import Recipe, recipe_hash
-from harness.results import env_info, git_state, write_record
+from harness.records import env_info, git_state, write_record
 from harness.tasks import Task, get_task
 from harness.teacher_prep import _finish, _summary, ensure_cofinetuned, ensure_teacher, untrained_teacher
 from harness.teachers import REPO_ROOT, Card, cache_dir

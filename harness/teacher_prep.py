@@ -16,7 +16,7 @@ from harness.models import count_parameters, load_classifier, load_tokenizer, sa
 from harness.phases import Options, _tokenize_all, barrier, evaluate, is_main, train_and_evaluate
 from harness.recipe import recipe_hash
 from harness.recipe_parts import DeepSpeedSettings, SpeedSettings
-from harness.results import env_info, write_record
+from harness.records import env_info, write_record
 from harness.tasks import Task
 from harness.teachers import REPO_ROOT, Card, cache_dir, finetuned_dir
 

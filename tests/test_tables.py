@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import build_tables, write_record
+from harness.records import write_record
+from harness.results import build_tables
 
 ENV = {"device": "cpu"}
 
@@ -124,7 +125,7 @@ def test_a_cell_says_when_its_teacher_was_fine_tuned_on_fewer_examples_than_the_
 def test_git_dirty_means_code_changed_not_the_record_a_rerun_rewrites(tmp_path):
     import subprocess
 
-    from harness.results import env_info, git_state
+    from harness.records import env_info, git_state
 
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
