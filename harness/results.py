@@ -68,11 +68,14 @@ def _size(n: int) -> str:
     return f"{n / 1000:.1f}k" if n >= 1000 else f"{n}"
 
 
-def _cell(scores: pd.Series, n_train: int, epochs: float, task: str, teacher_caps: set[int]) -> str:
+def _cell(scores: pd.Series, n_train: int, epochs: float, task: str, teacher_caps: set[int],
+          say_seeds: bool = False) -> str:
     txt = f"{100 * scores.mean():.1f}"
     if len(scores) > 1:
         txt += f" ± {100 * scores.std(ddof=1):.1f}"
-    notes = []
+    # a row whose cells have different seed counts says each cell's, so a 1-seed figure is not read
+    # as if it were a mean like its neighbours
+    notes = [f"{len(scores)} seed{'s' * (len(scores) > 1)}"] if say_seeds else []
     if n_train < OFFICIAL_TRAIN[task]:
         # a capped run's budget is its size and its epochs: 2k examples for 1 epoch and for 2 are not
         # the same experiment, and rows of one table may differ in either
@@ -109,19 +112,21 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = []
     for (row, model), g in long.groupby(["row", "model"], sort=False):
         r = {"Recipe": row, "Model": g.lineage.iloc[0]}
+        seeds = g.groupby("task").seed.nunique()  # one record per seed and task (reruns split above)
+        mixed = seeds.min() != seeds.max()
         means = []
         for t in order:
             gt = g[g.task == t]
             if len(gt):
                 caps = {int(c) for cs in gt.teacher_train_cap for c in cs.split("/") if c}
-                cell = _cell(gt.score, int(gt.train_examples.max()), float(gt.epochs.max()), t, caps)
+                cell = _cell(gt.score, int(gt.train_examples.max()), float(gt.epochs.max()), t, caps, mixed)
                 r[get_task(t).display] = cell + " †" * bool(gt.single_class.any())
                 means.append(gt.score.mean())
             else:
                 r[get_task(t).display] = ""
         # a mean over fewer tasks than the table's columns is not comparable with a full one: say so
         r["Avg"] = f"{100 * sum(means) / len(means):.1f}" + (f" ({len(means)} of {len(order)})" if len(means) < len(order) else "")
-        r["Seeds"] = int(g.groupby("task").seed.nunique().max())
+        r["Seeds"] = f"{seeds.min()}–{seeds.max()}" if mixed else str(seeds.max())
         r["Device"] = ", ".join(sorted(set(g.device)))
         rows.append(r)
     return pd.DataFrame(rows), long
@@ -162,7 +167,8 @@ def speed_table(recs: list[dict]) -> pd.DataFrame:
 
 
 NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearman; MRPC, QQP mean of F1/acc; "
-         "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. (Nk, E ep): trained on N "
+         "MNLI mean of matched/mismatched acc; others acc), mean ± std over seeds. Seeds: per cell; 'a–b' "
+         "when a row's cells differ, each cell then saying its own count (n seeds). (Nk, E ep): trained on N "
          "examples, fewer than GLUE's full training set, for E epochs (of the last phase, for methods with "
          "several). (teacher N): its teachers were fine-tuned on N examples, fewer than the full training set. †: a seed predicts one class for every dev example (the constant predictor's score). Avg: mean over the row's tasks, '(k of n)' when it lacks some of the table's. "
          "QQP dev here is a held-out sample of GLUE train, not GLUE dev.")

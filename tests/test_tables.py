@@ -101,6 +101,22 @@ def test_avg_says_when_a_row_lacks_some_of_the_tables_tasks(tmp_path):
     assert avg == {"kd/a": "60.0", "kd/b": "70.0 (1 of 2)"}
 
 
+def test_a_row_whose_cells_have_different_seed_counts_says_each_cells_count(tmp_path):
+    for task, seed, score in (("sst2", 42, 0.80), ("sst2", 43, 0.82), ("sst2", 44, 0.84), ("cola", 42, 0.40)):
+        record(tmp_path, f"glue/{task}/kd/a/seed{seed}", kind="student", name=f"glue/{task}/kd/a", model="a",
+               score=score, seed=seed, task=task)
+    for task in ("sst2", "cola"):
+        record(tmp_path, f"glue/{task}/kd/b/seed42", kind="student", name=f"glue/{task}/kd/b", model="b",
+               score=0.5, task=task)
+    build_tables(tmp_path)
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:-1]]
+             for line in (tmp_path / "glue.md").read_text().splitlines() if line.startswith("| kd/")}
+    # columns: CoLA, SST-2, Avg, Seeds, Device
+    assert lines["kd/a"][:2] == ["40.0 (1 seed; 2.0k, 2 ep)", "82.0 ± 2.0 (3 seeds; 2.0k, 2 ep)"]
+    assert lines["kd/a"][3] == "1–3"
+    assert lines["kd/b"][:2] == ["50.0 (2.0k, 2 ep)", "50.0 (2.0k, 2 ep)"] and lines["kd/b"][3] == "1"
+
+
 def taught_by(cap: int | None) -> dict:
     """A student's resolved recipe as runs write it: its card teacher and the cap it was fine-tuned with."""
     return {"teacher_checkpoints": [{"card": "big", "source": {}, "finetune": {"max_train_examples": cap}}]}
