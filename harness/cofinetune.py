@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 
-import deepspeed
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.data import Collator, length_grouped_batches, rank_shard
-from harness.engine import MODEL_INPUTS, device, ds_config, model_dtype, optimizer, to_device, warmup_linear, world
+from harness.engine import MODEL_INPUTS, device, initialize, model_dtype, to_device, world
 from harness.recipe_parts import DeepSpeedSettings, Training
 
 # model_type -> (pooling dense, prediction layer): where each architecture keeps the two layers MT-BERT shares
@@ -68,9 +67,7 @@ def cofinetune(models: list[nn.Module], datasets: list, pad_ids: list[int], regr
     settings = DeepSpeedSettings()
     n = len(datasets[0])
     total = training.max_steps or max(1, math.ceil(training.epochs * math.ceil(n / training.batch_size)))
-    engine, _, _, _ = deepspeed.initialize(
-        model=joint, optimizer=optimizer(joint, training, None), config=ds_config(training, settings, world_size),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total, training.warmup_ratio)))
+    engine = initialize(joint, training, settings, total)
     collates = [Collator(p, regression) for p in pad_ids]
     lengths = np.asarray(datasets[0]["length"])
     dev = device()

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -22,8 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.data import Collator, length_grouped_batches, loader, rank_shard
-from harness.engine import (MODEL_INPUTS, LrScale, barrier, device, ds_config, model_dtype, optimizer, to_device,
-                            warmup_linear, world)
+from harness.engine import MODEL_INPUTS, LrScale, barrier, device, initialize, model_dtype, to_device, world
 from harness import teacher_cache
 from harness.features import Need, forward_features, mixed_forward
 from harness.losses import Batch, Term
@@ -129,10 +127,7 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     n = len(train_ds)
     per_epoch = math.ceil(n / training.batch_size)
     total = training.max_steps or max(1, math.ceil(training.epochs * per_epoch))
-    engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=optimizer(module, training, lr_scale), config=ds_config(training, settings, world_size),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total, training.warmup_ratio)),
-    )
+    engine = initialize(module, training, settings, total, lr_scale)
     if training.compile:  # torch.compile of the student (its term modules run eagerly around it)
         engine.module.student.compile()
     dtype = model_dtype(settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
@@ -100,3 +101,14 @@ def barrier() -> None:
 
 def to_device(batch: dict, dev: torch.device) -> dict:
     return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+
+
+def initialize(module: nn.Module, training: Training, settings: DeepSpeedSettings, total_steps: int,
+               lr_scale: LrScale | None = None):
+    """The DeepSpeed engine for ``module``: AdamW (``optimizer``), linear warm-up and decay over
+    ``total_steps``, batch and precision from the recipe."""
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer(module, training, lr_scale),
+        config=ds_config(training, settings, world()[1]),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total_steps, training.warmup_ratio)))
+    return engine
