@@ -1,9 +1,8 @@
-"""kd-harness command line: ``python -m harness {run,validate,tables,verify,list,teachers} ...``."""
+"""kd-harness command line: ``python -m harness {run,validate,tables,verify,compare,list,retime,cache,teachers} ...``."""
 from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ EPILOG = """examples:
   python -m harness run recipes/quickstart.yaml           # fine-tune teacher (cached), distil, record
   python -m harness run 'recipes/glue/*/kd/*.yaml' --nprocs 2
   python -m harness tables                                # rebuild results/glue.md and results/speed.md
+  python -m harness compare kd/6L_from_mpnet nokd/6L_from_mpnet   # paired by task and seed, sign test
 environment: GLUE_DIR (local GLUE folder), KD_HARNESS_CACHE (default ~/.cache/kd-harness),
   KD_HARNESS_TEACHERS (card folder, default ./teachers of the checkout), HF_HUB_OFFLINE."""
 
@@ -123,20 +123,23 @@ def cmd_tables(args) -> int:
 
 def cmd_verify(args) -> int:
     """Recompute every record's metrics from its predictions file and compare."""
-    import json
+    from harness.records import matches_predictions
 
-    from harness.records import recompute
-
+    records = sorted(f.parent for f in (args.results_dir / "runs").rglob("metrics.json"))
     bad = 0
-    records = sorted((args.results_dir / "runs").rglob("metrics.json"))
-    for f in records:
-        stored = json.loads(f.read_text())["dev"]
-        again = recompute(f.parent)
-        ok = all(math.isclose(stored[s][k], again[s][k], rel_tol=1e-9, abs_tol=1e-12) for s in again for k in again[s])
+    for folder in records:
+        ok = matches_predictions(folder)
         bad += not ok
-        print(f"{'ok ' if ok else 'BAD'} {f.parent}")
+        print(f"{'ok ' if ok else 'BAD'} {folder}")
     print(f"{len(records) - bad} of {len(records)} records match their predictions")
     return 1 if bad else 0
+
+
+def cmd_compare(args) -> int:
+    from harness.compare import report
+
+    print(report(args.results_dir, args.a, args.b))
+    return 0
 
 
 def cmd_list(args) -> int:
@@ -241,6 +244,12 @@ def parser() -> argparse.ArgumentParser:
 
     vf = add("verify", cmd_verify, "recompute each record's metrics from its predictions and compare")
     vf.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    c = add("compare", cmd_compare, "compare two rows of the GLUE table on the tasks and seeds both ran: "
+                                    "per-task paired differences and a sign test over the pairs")
+    c.add_argument("a", help="a row of the table's Recipe column, e.g. kd/6L_from_mpnet")
+    c.add_argument("b", help="the row to compare it with, e.g. nokd/6L_from_mpnet")
+    c.add_argument("--results-dir", type=Path, default=Path("results"))
 
     add("list", cmd_list, "show registered tasks, objective terms, teacher cards and recipes")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -97,6 +98,13 @@ def recompute(folder: Path) -> dict[str, dict[str, float]]:
         preds, labels = read_predictions(folder / "predictions" / f"{split}.tsv", task.is_regression)
         out[split] = compute_metrics(task, preds, labels)
     return out
+
+
+def matches_predictions(folder: Path) -> bool:
+    """Whether a record's stored metrics are those its predictions give (``harness verify``)."""
+    stored = json.loads((folder / "metrics.json").read_text())["dev"]
+    again = recompute(folder)
+    return all(math.isclose(stored[s][k], again[s][k], rel_tol=1e-9, abs_tol=1e-12) for s in again for k in again[s])
 
 
 def load_records(results_dir: Path) -> list[dict]:

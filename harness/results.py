@@ -50,7 +50,7 @@ def single_class(folder: Path, task: str) -> bool:
     return len(preds) == 1
 
 
-def _row_key(m: dict) -> str:
+def row_key(m: dict) -> str:
     """Rows gather one method/student over tasks: 'glue/sst2/kd/3L_from_x' -> 'kd/3L_from_x'."""
     if m["kind"] == "teacher":
         how = f"co-finetuned with {', '.join(m['cofinetuned_with'])}" if m.get("cofinetuned_with") else "fine-tuned"
@@ -101,7 +101,7 @@ def _split_reruns(long: pd.DataFrame) -> None:
 def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(display table, long CSV frame).  Cells: mean (± std over seeds) of the task's headline x 100."""
     long = pd.DataFrame([{
-        "row": _row_key(m), "model": m["model"], "lineage": " → ".join(m["lineage"]), "task": m["task"],
+        "row": row_key(m), "model": m["model"], "lineage": " → ".join(m["lineage"]), "task": m["task"],
         "seed": m["seed"], "score": m["score"], "train_examples": m["train"]["train_examples"],
         "epochs": m["train"]["epochs"], "teacher_train_cap": "/".join(map(str, m["_teacher_caps"])),
         "device": m["env_device"], "single_class": m["_single_class"], "record": m["_dir"]} for m in recs])
@@ -174,7 +174,9 @@ NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearm
          "QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
 
 
-def build_tables(results_dir: Path) -> list[Path]:
+def annotated_records(results_dir: Path) -> list[dict]:
+    """Every record, with what its row and cell need from the files beside metrics.json: device, the
+    teachers' training caps, and whether it predicts one class everywhere."""
     recs = load_records(results_dir)
     for m in recs:
         m["env_device"] = json.loads((results_dir / m["_dir"] / "env.json").read_text())["device"]
@@ -182,6 +184,11 @@ def build_tables(results_dir: Path) -> list[Path]:
             m["_cap"] = _teacher_cap(results_dir / m["_dir"])
         m["_teacher_caps"] = () if m["kind"] == "teacher" else _teacher_caps(results_dir / m["_dir"], m["terms"])
         m["_single_class"] = single_class(results_dir / m["_dir"], m["task"])
+    return recs
+
+
+def build_tables(results_dir: Path) -> list[Path]:
+    recs = annotated_records(results_dir)
     glue, long = glue_table(recs)
     speed = speed_table(recs)
     written = []
