@@ -67,25 +67,15 @@ def _launcher_cmd(args) -> list[str] | None:
     n = args.nprocs or args.num_gpus or (gpus if gpus > 1 else 0)
     if not n and not args.hostfile:
         return None
-    # DeepSpeed's launcher through this interpreter: works without the venv's bin/ on PATH
+    # DeepSpeed's launcher through this interpreter: works without the venv's bin/ on PATH.  Each rank
+    # gets this command line as typed (every flag, present or future, forwarded); its LOCAL_RANK makes
+    # it run rather than launch again.
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--no_local_rank", "--master_port", str(args.master_port)]
     if args.hostfile:
         cmd += ["--hostfile", str(args.hostfile)]
     if n:
         cmd += ["--num_gpus", str(n)]
-    cmd += ["--module", "harness", "run", *args.recipes, "--results-dir", str(args.results_dir)]
-    for flag, val in (("--glue-dir", args.glue_dir), ("--teachers-dir", args.teachers_dir)):
-        if val:
-            cmd += [flag, str(val)]
-    for kv in args.set:
-        cmd += ["--set", kv]
-    if args.force:
-        cmd.append("--force")
-    if args.no_tables:
-        cmd.append("--no-tables")
-    if args.no_teacher_cache:
-        cmd.append("--no-teacher-cache")
-    return cmd
+    return cmd + ["--module", "harness", *args.argv]
 
 
 def cmd_run(args) -> int:
@@ -269,7 +259,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from harness.tasks import GlueDataError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    args.argv = argv  # the launcher hands each rank the command line as typed
     try:
         return args.func(args)
     except (ConfigError, GlueDataError) as e:
