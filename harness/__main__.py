@@ -201,18 +201,20 @@ def parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name, func, help_):
+    def add(name, func, help_, cards=False, results=False):
         sp = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(func=func)
-        sp.add_argument("--teachers-dir", type=Path, default=None, help="folder of teacher cards (default: teachers/)")
+        if cards:  # only commands that read teacher cards take their folder
+            sp.add_argument("--teachers-dir", type=Path, default=None, help="folder of teacher cards (default: teachers/)")
+        if results:
+            sp.add_argument("--results-dir", type=Path, default=Path("results"), help="where the run records and tables are")
         return sp
 
-    r = add("run", cmd_run, "validate all recipes, then run them in order (teachers fine-tuned once and cached)")
+    r = add("run", cmd_run, "validate all recipes, then run them in order (teachers fine-tuned once and cached)", True, True)
     r.add_argument("recipes", nargs="+", help="recipe files or globs")
     r.add_argument("--force", action="store_true", help="rerun even when this cache holds a record of the same resolved recipe")
     r.add_argument("--glue-dir", default=None, help="local GLUE folder (default: $GLUE_DIR, else the Hub)")
-    r.add_argument("--results-dir", type=Path, default=Path("results"), help="where records and tables go")
     r.add_argument("--nprocs", type=int, default=0, help="processes to launch with DeepSpeed (CPU or GPU)")
     r.add_argument("--num-gpus", type=int, default=0, help="GPUs per machine (default: all visible)")
     r.add_argument("--hostfile", type=Path, default=None, help="DeepSpeed hostfile for several machines")
@@ -221,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-teacher-cache", action="store_true",
                    help="run the teachers every step instead of reading their outputs from the on-disk cache")
 
-    v = add("validate", cmd_validate, "check recipes (schema, task, teacher cards, terms) without loading models")
+    v = add("validate", cmd_validate, "check recipes (schema, task, teacher cards, terms) without loading models", True)
     v.add_argument("recipes", nargs="+")
     for sp in (r, v):
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -229,28 +231,19 @@ def parser() -> argparse.ArgumentParser:
                              "teachers.0.finetune.max_train_examples=2000 (VALUE is YAML; repeatable; part of "
                              "the resolved recipe, so records say what was changed)")
 
-    t = add("tables", cmd_tables, "rebuild results/glue.{md,csv} and results/speed.{md,csv} from the run records")
-    t.add_argument("--results-dir", type=Path, default=Path("results"))
-
-    vf = add("verify", cmd_verify, "recompute each record's metrics from its predictions and compare")
-    vf.add_argument("--results-dir", type=Path, default=Path("results"))
-
+    add("tables", cmd_tables, "rebuild results/glue.{md,csv} and results/speed.{md,csv} from the run records",
+        results=True)
+    add("verify", cmd_verify, "recompute each record's metrics from its predictions and compare", results=True)
     c = add("compare", cmd_compare, "compare two rows of the GLUE table on the tasks and seeds both ran: "
-                                    "per-task paired differences and a sign test over the pairs")
+                                    "per-task paired differences and a sign test over the pairs", results=True)
     c.add_argument("a", help="a row of the table's Recipe column, e.g. kd/6L_from_mpnet")
     c.add_argument("b", help="the row to compare it with, e.g. nokd/6L_from_mpnet")
-    c.add_argument("--results-dir", type=Path, default=Path("results"))
-
-    add("list", cmd_list, "show registered tasks, objective terms, teacher cards and recipes")
-
-    rt = add("retime", cmd_retime, "measure again the speed of every record whose model is in this cache "
-                                   "(speed taken on a busy machine is skewed; run this on a quiet one)")
-    rt.add_argument("--results-dir", type=Path, default=Path("results"))
-
+    add("list", cmd_list, "show registered tasks, objective terms, teacher cards and recipes", cards=True)
+    add("retime", cmd_retime, "measure again the speed of every record whose model is in this cache "
+                              "(speed taken on a busy machine is skewed; run this on a quiet one)", results=True)
     ca = add("cache", cmd_cache, "list or clear the cached teacher outputs (logits and features, on disk)")
     ca.add_argument("action", choices=["ls", "clear"])
-
-    te = add("teachers", cmd_teachers, "list teacher cards, or install their offline checkpoints")
+    te = add("teachers", cmd_teachers, "list teacher cards, or install their offline checkpoints", cards=True)
     te.add_argument("action", choices=["list", "install"])
     te.add_argument("names", nargs="*", help="cards to install (default: all)")
     return p
