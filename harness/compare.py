@@ -58,14 +58,14 @@ def pairs(long: pd.DataFrame, a: str, b: str) -> tuple[pd.DataFrame, list[str]]:
 def summary(both: pd.DataFrame, a: str, b: str) -> tuple[pd.DataFrame, dict]:
     """(per-task table, overall figures).  The overall means weigh each task once, whatever its number
     of seeds, like the GLUE table's Avg; wins, losses and the sign test count every pair."""
+    per_task = both.groupby("task", sort=False)[["a", "b", "diff"]].mean()
     lines = []
     for task, g in both.groupby("task", sort=False):
-        d = g["diff"]
+        d, m = g["diff"], per_task.loc[task]
         lines.append({"Task": get_task(task).display, "Seeds": ", ".join(map(str, g.seed)),
-                      a: f"{g.a.mean():.1f}", b: f"{g.b.mean():.1f}",
-                      "Difference": f"{d.mean():+.1f}" + (f" ± {d.std(ddof=1):.1f}" if len(d) > 1 else ""),
+                      a: f"{m.a:.1f}", b: f"{m.b:.1f}",
+                      "Difference": f"{m['diff']:+.1f}" + (f" ± {d.std(ddof=1):.1f}" if len(d) > 1 else ""),
                       "Wins–losses": f"{(d > 0).sum()}–{(d < 0).sum()}"})
-    per_task = both.groupby("task", sort=False)[["a", "b", "diff"]].mean()
     wins, losses = int((both["diff"] > 0).sum()), int((both["diff"] < 0).sum())
     overall = {"tasks": len(per_task), "pairs": len(both), "mean_a": per_task.a.mean(), "mean_b": per_task.b.mean(),
                "mean_diff": per_task["diff"].mean(), "wins": wins, "losses": losses,
