@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.teachers import cache_dir
+from harness.paths import cache_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = ("models", "teachers", "tokenized", "teacher_outputs", "stages")

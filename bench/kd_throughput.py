@@ -34,7 +34,7 @@ from harness.engine import device
 from harness.losses import TERMS
 from harness.models import keep_layers, load_classifier, load_tokenizer
 from harness.recipe_parts import DeepSpeedSettings, Training
-from harness.phases import init_distributed
+from harness.engine import init_distributed
 from harness.tasks import get_task, load_split, resolve_glue_dir
 from harness.teachers import find_card, load_card
 

@@ -1,8 +1,8 @@
-"""kd-harness command line: ``python -m harness {run,validate,tables,verify,compare,list,retime,cache,teachers} ...``."""
+"""kd-harness command line: ``python -m harness {run,validate,tables,verify,records,compare,list,retime,cache,teachers} ...``."""
 from __future__ import annotations
 
 import argparse
-import glob
+import json
 import os
 import subprocess
 import sys
@@ -20,35 +20,11 @@ environment: GLUE_DIR (local GLUE folder), KD_HARNESS_CACHE (default ~/.cache/kd
   KD_HARNESS_TEACHERS (card folder, default ./teachers of the checkout), HF_HUB_OFFLINE."""
 
 
-def expand(patterns: list[str]) -> list[Path]:
-    paths: list[Path] = []
-    for pat in patterns:
-        hits = sorted(glob.glob(pat, recursive=True)) if glob.has_magic(pat) else [pat]
-        if glob.has_magic(pat):  # partials (recipes/glue/_methods/*.yaml, _zoo.yaml) are not recipes
-            hits = [h for h in hits if not any(part.startswith("_") for part in Path(h).parts)]
-        if not hits:
-            raise ConfigError(f"{pat}: no recipe matches this pattern")
-        paths += [Path(h) for h in hits]
-    return paths
-
-
-def load_all(patterns: list[str], teachers_dir: Path | None, overrides: list[str] = ()):
-    from harness.recipe import load_recipe
-
-    paths = expand(patterns)
-    errors, recipes = [], []
-    for p in paths:
-        try:
-            recipes.append((p, load_recipe(p, teachers_dir, overrides)))
-        except ConfigError as e:
-            errors.append(str(e))
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return recipes
-
-
 def cmd_validate(args) -> int:
-    for p, r in load_all(args.recipes, args.teachers_dir, args.set):
+    from harness.plan import load_all
+
+    for plan in load_all(args.recipes, args.set, args.teachers_dir):
+        p, r = plan.path, plan.recipe
         chain = f"assistants {' -> '.join(a.name for a in r.assistants)}, " if r.assistants else ""
         weighting = f" ({r.teacher_weighting.scheme})" if len(r.teachers) > 1 else ""
         print(f"ok  {p}  ({r.name}: {r.canonical_task}, {chain}{len(r.teachers)} teacher(s){weighting}, "
@@ -79,23 +55,26 @@ def _launcher_cmd(args) -> list[str] | None:
 
 
 def cmd_run(args) -> int:
-    recipes = load_all(args.recipes, args.teachers_dir, args.set)  # validate everything before running anything
+    from harness.plan import load_all
+
+    plans = load_all(args.recipes, args.set, args.teachers_dir)  # validate everything before running anything
     cmd = _launcher_cmd(args)
     if cmd is not None:
         print("+", " ".join(cmd), flush=True)
         return subprocess.run(cmd).returncode
-    from harness import phases, runner
+    from harness import engine, runner
+    from harness.options import Options
     from harness.tasks import resolve_glue_dir
 
-    opts = runner.Options(results_dir=args.results_dir, glue_dir=resolve_glue_dir(args.glue_dir),
-                          teachers_dir=args.teachers_dir, force=args.force, teacher_cache=not args.no_teacher_cache)
-    phases.init_distributed()
+    opts = Options(results_dir=args.results_dir, glue_dir=resolve_glue_dir(args.glue_dir),
+                   teachers_dir=args.teachers_dir, force=args.force, teacher_cache=not args.no_teacher_cache)
+    engine.init_distributed()
     stages = []
-    for path, recipe in recipes:
-        stages += runner.run_recipe(path, recipe, opts)
-    if phases.is_main() and (line := runner.cache_summary(stages)):
+    for plan in plans:
+        stages += runner.run_recipe(plan, opts)
+    if engine.is_main() and (line := runner.cache_summary(stages)):
         print(line, flush=True)
-    if phases.is_main() and not args.no_tables:
+    if engine.is_main() and not args.no_tables:
         from harness.results import build_tables
 
         for p in build_tables(args.results_dir):
@@ -112,17 +91,37 @@ def cmd_tables(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Recompute every record's metrics from its predictions file and compare."""
-    from harness.records import matches_predictions
+    """Check every record against the RunRecord schema, and its metrics against its predictions."""
+    from harness.records import RecordError, matches_predictions, record_folders
 
-    records = sorted(f.parent for f in (args.results_dir / "runs").rglob("metrics.json"))
+    records = record_folders(args.results_dir)
     bad = 0
     for folder in records:
-        ok = matches_predictions(folder)
+        try:
+            ok, why = matches_predictions(folder), "metrics differ from those its predictions give"
+        except RecordError as e:
+            ok, why = False, str(e)
         bad += not ok
-        print(f"{'ok ' if ok else 'BAD'} {folder}")
-    print(f"{len(records) - bad} of {len(records)} records match their predictions")
+        print(f"ok  {folder}" if ok else f"BAD {folder}: {why}")
+    print(f"{len(records) - bad} of {len(records)} records follow the schema and match their predictions")
     return 1 if bad else 0
+
+
+def cmd_records(args) -> int:
+    """The RunRecord schema: export its JSON Schema, or migrate records written under older versions."""
+    from harness import records
+    from harness.run_record import RunRecord
+
+    if args.action == "schema":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(RunRecord.model_json_schema(), indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
+    changed = records.migrate(args.results_dir)
+    for folder in changed:
+        print(f"migrated {folder}")
+    print(f"{len(changed)} records rewritten in the current schema; the others already were")
+    return 0
 
 
 def cmd_compare(args) -> int:
@@ -233,7 +232,13 @@ def parser() -> argparse.ArgumentParser:
 
     add("tables", cmd_tables, "rebuild results/glue.{md,csv} and results/speed.{md,csv} from the run records",
         results=True)
-    add("verify", cmd_verify, "recompute each record's metrics from its predictions and compare", results=True)
+    add("verify", cmd_verify, "check each record against the RunRecord schema, and recompute its metrics from its "
+                              "predictions and compare", results=True)
+    rec = add("records", cmd_records, "the run records' schema: 'schema' writes its JSON Schema, 'migrate' "
+                                      "rewrites records stored under an older schema version", results=True)
+    rec.add_argument("action", choices=["schema", "migrate"])
+    rec.add_argument("--out", type=Path, default=Path("schemas/run_record.schema.json"),
+                     help="where 'schema' writes (default: schemas/run_record.schema.json)")
     c = add("compare", cmd_compare, "compare two rows of the GLUE table on the tasks and seeds both ran: "
                                     "per-task paired differences and a sign test over the pairs", results=True)
     c.add_argument("a", help="a row of the table's Recipe column, e.g. kd/6L_from_mpnet")

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import platform
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from harness.paths import cache_dir
+from harness.records import read_record, record_folders, rewrite_record
+from harness.run_record import Speed
 
 
 def _timeit(model: nn.Module, batch: int, seq_len: int, vocab: int, dev: torch.device, iters: int,
@@ -71,34 +77,24 @@ def retime(results_dir, log=print) -> int:
     (training figures and dev metrics are left as they are).  Students' teacher speed-ups are refreshed
     from their teacher's record when there is one teacher record for that card and task.
     """
-    import json
-    from pathlib import Path
-
-    from transformers import AutoModelForSequenceClassification
-
-    from harness.teachers import cache_dir
-
-    records = sorted(Path(results_dir, "runs").rglob("metrics.json"))
     done, teacher_speed = 0, {}
-    for f in sorted(records, key=lambda p: "teachers" not in p.parts):  # teachers first
-        m = json.loads(f.read_text())
-        if m["kind"] == "teacher":
-            folder = cache_dir() / "teachers" / m["model"] / m["task"] / f.parent.name
-        else:
-            folder = Path(m["checkpoint"])
-        if not (folder / "config.json").exists():
-            log(f"skip  {f.parent} (model not in this cache: {folder})")
+    for folder in sorted(record_folders(Path(results_dir)), key=lambda p: "teachers" not in p.parts):  # teachers first
+        m = read_record(folder)
+        model_dir = cache_dir() / "teachers" / m.model / m.task / folder.name if m.kind == "teacher" \
+            else Path(m.checkpoint)
+        if not (model_dir / "config.json").exists():
+            log(f"skip  {folder} (model not in this cache: {model_dir})")
             continue
-        old = m["speed"]
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
-        m["speed"] = measure(model, old["seq_len"], old["throughput_batch"], 10) | {
-            "retimed": time.strftime("%Y-%m-%d %H:%M:%S")}
-        if m["kind"] == "teacher":
-            teacher_speed.setdefault((m["model"], m["task"]), []).append(m["speed"])
-        elif m.get("teacher_speed") and m["teachers"][0].get("card") and \
-                len(teacher_speed.get((m["teachers"][0]["card"], m["task"]), [])) == 1:
-            m["teacher_speed"] = teacher_speed[(m["teachers"][0]["card"], m["task"])][0]
-        f.write_text(json.dumps(m, indent=2) + "\n")
+        old = m.speed
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        m.speed = Speed.model_validate(measure(model, old.seq_len, old.throughput_batch, 10)
+                                       | {"retimed": time.strftime("%Y-%m-%d %H:%M:%S")})
+        first = m.teachers[0].card if m.teachers else None
+        if m.kind == "teacher":
+            teacher_speed.setdefault((m.model, m.task), []).append(m.speed)
+        elif m.teacher_speed is not None and first and len(teacher_speed.get((first, m.task), [])) == 1:
+            m.teacher_speed = teacher_speed[(first, m.task)][0]
+        rewrite_record(folder, m)
         done += 1
-        log(f"ok    {f.parent}  CPU b1 {old['cpu']['latency_ms']:.1f} -> {m['speed']['cpu']['latency_ms']:.1f} ms")
+        log(f"ok    {folder}  CPU b1 {old.cpu.latency_ms:.1f} -> {m.speed.cpu.latency_ms:.1f} ms")
     return done

@@ -20,11 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.data import Collator, length_grouped_batches, rank_shard
+from harness.models import HEADS
 from harness.engine import MODEL_INPUTS, device, initialize, model_dtype, to_device, world
 from harness.recipe_parts import DeepSpeedSettings, Training
 
-# model_type -> (pooling dense, prediction layer): where each architecture keeps the two layers MT-BERT shares
-HEADS = {"bert": ("bert.pooler.dense", "classifier"), "mpnet": ("classifier.dense", "classifier.out_proj")}
 
 
 def _swap(model: nn.Module, dotted: str, new: nn.Module) -> None:

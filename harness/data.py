@@ -9,8 +9,10 @@ import datasets
 import numpy as np
 import torch
 
+from harness.engine import rank0_first
+from harness.paths import cache_dir
+from harness.recipe_parts import Training
 from harness.tasks import Task, load_split
-from harness.teachers import cache_dir
 
 # The training cap draws its sample with a fixed seed, independent of the run's seed, so that a teacher
 # and every student trained with the same cap see the same examples (otherwise seed variance and
@@ -55,6 +57,13 @@ def tokenize(task: Task, split: str, tokenizer, max_length: int, glue_dir: Path 
     return ds.map(encode, batched=True, cache_file_name=str(out), load_from_cache_file=True,
                   remove_columns=[c for c in ds.column_names if c.startswith("text_")],
                   desc=f"tokenizing {task.display} {split}")
+
+
+def tokenize_task(task: Task, tok, training: Training, glue_dir: Path | None):
+    """(capped training set, {dev split: dataset}) in ``tok``'s ids; rank 0 fills the cache first."""
+    return rank0_first(lambda: (
+        tokenize(task, "train", tok, training.max_length, glue_dir, training.max_train_examples),
+        {s: tokenize(task, s, tok, training.max_length, glue_dir) for s in task.dev_splits}))
 
 
 def corpus_lines(files: list[Path], glue_tasks: list[Task], glue_dir: Path | None) -> list[str]:

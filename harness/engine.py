@@ -6,7 +6,9 @@ both build their engines from these, so the two train under the same settings.
 """
 from __future__ import annotations
 
-from typing import Callable
+import os
+import socket
+from typing import Callable, TypeVar
 
 import deepspeed
 import torch
@@ -16,6 +18,7 @@ from torch import nn
 
 from harness.recipe_parts import DeepSpeedSettings, Training
 
+T = TypeVar("T")
 LrScale = Callable[[str], float]  # student parameter name -> lr multiplier (0: frozen)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -94,9 +97,37 @@ def warmup_linear(total: int, warmup_ratio: float):
     return factor
 
 
+def init_distributed() -> None:
+    """Join (or, for a plain ``python -m harness run``, create) the process group DeepSpeed uses."""
+    if dist.is_initialized():
+        return
+    if "MASTER_PORT" not in os.environ:  # a lone process: any free port, so two runs can coexist
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        os.environ.setdefault(k, v)
+    backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def rank0_first(fn: Callable[[], T]) -> T:
+    """``fn()`` on every rank, rank 0 first: it fills a cache (tokenized data) that the others then read."""
+    out = None
+    for turn in (0, 1):
+        if is_main() == (turn == 0):
+            out = fn()
+        barrier()
+    return out
 
 
 def to_device(batch: dict, dev: torch.device) -> dict:

@@ -50,27 +50,13 @@ _METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], str]] = {
     "spearmanr": (_spearman, "Spearman"),
 }
 
-# What GLUE reports for each task, in the order its leaderboard writes them ("F1/Acc").
-_TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "cola": ("matthews_correlation",),
-    "sst2": ("accuracy",),
-    "mrpc": ("f1", "accuracy"),
-    "stsb": ("pearson", "spearmanr"),
-    "qqp": ("f1", "accuracy"),
-    "mnli": ("accuracy",),
-    "qnli": ("accuracy",),
-    "rte": ("accuracy",),
-    "wnli": ("accuracy",),
-}
-
-
 def _as_task(task: Task | str) -> Task:
     return get_task(task) if isinstance(task, str) else task
 
 
 def metric_names(task: Task | str) -> tuple[str, ...]:
     """The metric keys ``compute_metrics`` returns for a task."""
-    return _TASK_METRICS[_as_task(task).name]
+    return _as_task(task).metrics
 
 
 def _as_vector(values, what: str, regression: bool) -> np.ndarray:
@@ -103,7 +89,7 @@ def compute_metrics(task: Task | str, predictions: Sequence, references: Sequenc
         raise ValueError(f"{len(pred)} predictions but {len(ref)} references")
     if len(ref) == 0:
         raise ValueError("cannot compute metrics on zero examples")
-    return {key: _METRICS[key][0](pred, ref) for key in _TASK_METRICS[task.name]}
+    return {key: _METRICS[key][0](pred, ref) for key in task.metrics}
 
 
 def headline(task: Task | str, metrics: dict[str, float]) -> float:

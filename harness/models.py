@@ -12,12 +12,15 @@ import transformers
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from harness.recipe import Recipe
-from harness.recipe_parts import ConfigStudent, PretrainedStudent, TeacherLayersStudent
+from harness.recipe_parts import ConfigStudent, PretrainedStudent, Student, TeacherLayersStudent
 from harness.tasks import Task
-from harness.teachers import Card, find_card, load_card
+from harness.teachers import Card
 
 log = logging.getLogger(__name__)
+
+# model_type -> (pooling dense, prediction layer): where each architecture keeps the two layers that
+# MT-BERT co-finetuning (harness.cofinetune) shares between teachers
+HEADS = {"bert": ("bert.pooler.dense", "classifier"), "mpnet": ("classifier.dense", "classifier.out_proj")}
 
 
 def _quiet_load(fn, *args, **kwargs):
@@ -75,16 +78,11 @@ def keep_layers(model: nn.Module, layers: list[int]) -> nn.Module:
     return model
 
 
-def _card(ref: str, recipe_dir: Path, tdir: Path | None) -> Card:
-    return load_card(find_card(ref, recipe_dir, tdir))
-
-
-def build_student(recipe: Recipe, task: Task, recipe_dir: Path, tdir: Path | None, seed: int):
-    """(model, tokenizer, lineage label) for the recipe's student, before training."""
-    s = recipe.student
+def build_student(s: Student, card: Card | None, task: Task, seed: int):
+    """(model, tokenizer, lineage label) for a recipe's student, before training; ``card`` is the one
+    it is cut from (teacher_layers) or takes its tokenizer from (config)."""
     torch.manual_seed(seed)  # the new classifier head (and a config student) are seeded per run
     if isinstance(s, TeacherLayersStudent):
-        card = _card(s.card or recipe.teachers[0].card, recipe_dir, tdir)
         path = card.pretrained_path()
         model = keep_layers(load_classifier(path, task), s.layers)
         label = s.name or f"{len(s.layers)}L-from-{card.name}"
@@ -92,7 +90,6 @@ def build_student(recipe: Recipe, task: Task, recipe_dir: Path, tdir: Path | Non
     if isinstance(s, PretrainedStudent):
         return load_classifier(s.checkpoint, task), load_tokenizer(s.checkpoint), s.name or Path(s.checkpoint).name
     assert isinstance(s, ConfigStudent)
-    card = _card(s.tokenizer_card or recipe.teachers[0].card, recipe_dir, tdir)
     path = card.pretrained_path()
     tok = load_tokenizer(path)
     base = AutoConfig.from_pretrained(path)

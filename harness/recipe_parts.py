@@ -6,16 +6,72 @@ and its cross-field checks are in :mod:`harness.recipe`.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, Literal, Union
 
 import pydantic
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, RootModel, model_validator
 
 from harness.losses import TERMS
 from harness.registry import UnknownName
 from harness.schema import Strict
 from harness.tasks import get_task
 from harness.weighting import WeightingSpec
+
+
+class Training(Strict):
+    epochs: float = Field(3.0, gt=0, description="passes over the (capped) training set")
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimiser steps (overrides epochs)")
+    batch_size: int = Field(32, gt=0, description="global batch size, split over ranks")
+    eval_batch_size: int = Field(128, gt=0)
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps with linear warm-up")
+    max_length: int = Field(128, gt=0, le=4096, description="maximum sequence length in tokens")
+    max_train_examples: int | None = Field(None, gt=0, description="cap on training examples (a seeded sample)")
+    seed: int | list[int] = Field(42, description="a seed or a list of seeds (one run each)")
+    log_every: int = Field(50, gt=0, description="steps between loss logs")
+    loader_workers: int | None = Field(None, ge=0, description="processes collating batches (default: none on "
+                                                                "CPU, where they would compete for its cores; "
+                                                                "up to 4 on GPU, with pinned memory)")
+    compile: bool = Field(False, description="torch.compile the student's forward (through DeepSpeed's "
+                                             "engine.compile); pays a compile at the start of each stage")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed] if isinstance(self.seed, int) else list(self.seed)
+
+
+class TrainingOverrides(RootModel[dict[str, Any]]):
+    """Some fields of :class:`Training`, overriding a base (a phase's or an assistant's ``training``, a
+    teacher's ``finetune``, ``cofinetune``, a card's ``per_task`` entry).  Each key must be a Training
+    field and each value valid for it; the mapping is kept as written (``epochs: 2`` stays 2, not 2.0),
+    so the resolved recipes and the hashes of specs written before it was typed do not change."""
+
+    model_config = ConfigDict(frozen=True)
+
+    @model_validator(mode="after")
+    def _fields(self):
+        allowed = sorted(Training.model_fields)
+        for key in self.root:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown key {key!r}{hint}; allowed keys (training fields): {', '.join(allowed)}")
+        try:
+            Training.model_validate(self.root)
+        except pydantic.ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            field = ".".join(map(str, first["loc"]))
+            raise ValueError(f"{field}: {first['msg'].removeprefix('Value error, ')} (got {first['input']!r})") from None
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self.root)
+
+    def over(self, base: dict) -> dict:
+        """``base`` (a dump of Training or of a card's fine-tuning defaults) with these fields replaced."""
+        return base | self.root
 
 
 class TeacherRef(Strict):
@@ -26,8 +82,8 @@ class TeacherRef(Strict):
     stage: str | None = Field(None, description="an assistant of this recipe (assistants[].name) whose trained "
                                                 "model teaches (a teacher-assistant chain)")
     weight: float = Field(1.0, gt=0, description="relative weight; weights are normalised over teachers")
-    finetune: dict[str, Any] = Field(
-        default_factory=dict,
+    finetune: TrainingOverrides = Field(
+        default_factory=lambda: TrainingOverrides({}),
         description="overrides of the card's fine-tuning settings (e.g. max_train_examples), part of the cache key",
     )
 
@@ -77,7 +133,28 @@ class ConfigStudent(Strict):
         return self
 
 
-Student = Annotated[Union[TeacherLayersStudent, PretrainedStudent, ConfigStudent], Field(discriminator="init")]
+STUDENT_INITS = ("teacher_layers", "pretrained", "config")
+
+
+def _student_init(data: Any) -> Any:
+    """Name the missing or misspelled ``init`` and the allowed values, rather than pydantic's
+    "Unable to extract tag using discriminator"."""
+    if not isinstance(data, dict):
+        return data
+    allowed = ", ".join(STUDENT_INITS)
+    if "init" not in data:
+        typo = [k for k in data if difflib.get_close_matches(str(k), ["init"], n=1, cutoff=0.6)]
+        hint = f"; unknown key {typo[0]!r} (did you mean 'init'?)" if typo else ""
+        raise ValueError(f"missing 'init' (how the student is built: one of {allowed}){hint}")
+    if data["init"] not in STUDENT_INITS:
+        close = difflib.get_close_matches(str(data["init"]), STUDENT_INITS, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"init: {data['init']!r} is not a way to build a student{hint}; one of {allowed}")
+    return data
+
+
+Student = Annotated[Union[TeacherLayersStudent, PretrainedStudent, ConfigStudent], Field(discriminator="init"),
+                    BeforeValidator(_student_init)]
 
 
 class TermSpec(Strict):
@@ -114,29 +191,6 @@ class TermSpec(Strict):
             msg = first["msg"].removeprefix("Value error, ")
             raise ValueError(f"{name}: {field + ': ' if field else ''}{msg}") from None
         return {"term": name, "weight": weight, "params": params}
-
-
-class Training(Strict):
-    epochs: float = Field(3.0, gt=0, description="passes over the (capped) training set")
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimiser steps (overrides epochs)")
-    batch_size: int = Field(32, gt=0, description="global batch size, split over ranks")
-    eval_batch_size: int = Field(128, gt=0)
-    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps with linear warm-up")
-    max_length: int = Field(128, gt=0, le=4096, description="maximum sequence length in tokens")
-    max_train_examples: int | None = Field(None, gt=0, description="cap on training examples (a seeded sample)")
-    seed: int | list[int] = Field(42, description="a seed or a list of seeds (one run each)")
-    log_every: int = Field(50, gt=0, description="steps between loss logs")
-    loader_workers: int | None = Field(None, ge=0, description="processes collating batches (default: none on "
-                                                                "CPU, where they would compete for its cores; "
-                                                                "up to 4 on GPU, with pinned memory)")
-    compile: bool = Field(False, description="torch.compile the student's forward (through DeepSpeed's "
-                                             "engine.compile); pays a compile at the start of each stage")
-
-    @property
-    def seeds(self) -> list[int]:
-        return [self.seed] if isinstance(self.seed, int) else list(self.seed)
 
 
 class DeepSpeedSettings(Strict):
@@ -190,7 +244,8 @@ class Phase(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     objective: list[TermSpec] = Field(min_length=1)
-    training: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's 'training'")
+    training: TrainingOverrides = Field(default_factory=lambda: TrainingOverrides({}),
+                                        description="overrides of the recipe's 'training'")
     corpus: Corpus | None = Field(None, description="general distillation on this text (pretrained teachers, "
                                                     "MLM data); default: the recipe's task with fine-tuned teachers")
     progressive: Progressive | None = None
@@ -209,4 +264,5 @@ class Assistant(Strict):
     student: Student
     objective: list[TermSpec] | None = Field(None, min_length=1)
     phases: list[Phase] | None = Field(None, min_length=1)
-    training: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's 'training'")
+    training: TrainingOverrides = Field(default_factory=lambda: TrainingOverrides({}),
+                                        description="overrides of the recipe's 'training'")

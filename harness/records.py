@@ -2,7 +2,8 @@
 and by ``harness verify``::
 
     recipe.yaml            the resolved recipe (or the teacher's resolved fine-tuning spec)
-    metrics.json           dev metrics, headline score, training stats, parameters, size, speed
+    metrics.json           a RunRecord (harness.run_record): dev metrics, headline score, training
+                           stats, parameters, size, speed
     predictions/<split>.tsv  index, prediction, label: one row per dev example
     env.json               git commit (and any uncommitted code changes), package versions, device
 """
@@ -18,9 +19,11 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+import pydantic
 import yaml
 
 from harness.metrics import compute_metrics
+from harness.run_record import RunRecord, upgrade
 from harness.tasks import get_task
 
 PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "evaluate", "pandas", "tabulate", "pydantic",
@@ -67,7 +70,7 @@ def env_info(repo: Path) -> dict:
     }
 
 
-def write_record(folder: Path, resolved: dict, metrics: dict, predictions: dict[str, list], env: dict) -> None:
+def write_record(folder: Path, resolved: dict, record: RunRecord, predictions: dict[str, list], env: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     pred_dir = folder / "predictions"
@@ -79,7 +82,25 @@ def write_record(folder: Path, resolved: dict, metrics: dict, predictions: dict[
             w.writerows(rows)
     (folder / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     # metrics.json last: its presence marks a complete record
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(record.to_json(), indent=2) + "\n")
+
+
+def read_record(folder: Path) -> RunRecord:
+    """A record folder's ``metrics.json``, validated (and brought to the current schema version)."""
+    path = folder / "metrics.json"
+    try:
+        return RunRecord.model_validate(upgrade(json.loads(path.read_text())))
+    except (ValueError, pydantic.ValidationError) as e:
+        raise RecordError(f"{path}: not a valid run record: {e}") from None
+
+
+def rewrite_record(folder: Path, record: RunRecord) -> None:
+    """Replace a record's ``metrics.json`` (``harness retime``, ``records migrate``)."""
+    (folder / "metrics.json").write_text(json.dumps(record.to_json(), indent=2) + "\n")
+
+
+class RecordError(Exception):
+    """A ``metrics.json`` that does not follow the RunRecord schema."""
 
 
 def read_predictions(path: Path, regression: bool) -> tuple[list, list]:
@@ -91,10 +112,10 @@ def read_predictions(path: Path, regression: bool) -> tuple[list, list]:
 
 def recompute(folder: Path) -> dict[str, dict[str, float]]:
     """The official metrics recomputed from a record's predictions files."""
-    m = json.loads((folder / "metrics.json").read_text())
-    task = get_task(m["task"])
+    m = read_record(folder)
+    task = get_task(m.task)
     out = {}
-    for split in m["dev"]:
+    for split in m.dev:
         preds, labels = read_predictions(folder / "predictions" / f"{split}.tsv", task.is_regression)
         out[split] = compute_metrics(task, preds, labels)
     return out
@@ -102,15 +123,27 @@ def recompute(folder: Path) -> dict[str, dict[str, float]]:
 
 def matches_predictions(folder: Path) -> bool:
     """Whether a record's stored metrics are those its predictions give (``harness verify``)."""
-    stored = json.loads((folder / "metrics.json").read_text())["dev"]
+    stored = read_record(folder).dev
     again = recompute(folder)
     return all(math.isclose(stored[s][k], again[s][k], rel_tol=1e-9, abs_tol=1e-12) for s in again for k in again[s])
 
 
-def load_records(results_dir: Path) -> list[dict]:
-    recs = []
-    for f in sorted((results_dir / "runs").rglob("metrics.json")):
-        m = json.loads(f.read_text())
-        m["_dir"] = str(f.parent.relative_to(results_dir))
-        recs.append(m)
-    return recs
+def record_folders(results_dir: Path) -> list[Path]:
+    return sorted(f.parent for f in (results_dir / "runs").rglob("metrics.json"))
+
+
+def load_records(results_dir: Path) -> list[tuple[Path, RunRecord]]:
+    """(folder relative to ``results_dir``, record) for every record, in path order."""
+    return [(folder.relative_to(results_dir), read_record(folder)) for folder in record_folders(results_dir)]
+
+
+def migrate(results_dir: Path) -> list[Path]:
+    """Rewrite every record stored under an older schema version in the current one; returns them."""
+    changed = []
+    for folder in record_folders(results_dir):
+        raw = json.loads((folder / "metrics.json").read_text())
+        record = read_record(folder)
+        if record.to_json() != raw:
+            rewrite_record(folder, record)
+            changed.append(folder)
+    return changed

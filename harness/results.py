@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -13,11 +14,20 @@ from tabulate import tabulate
 
 from harness.losses import TERMS
 from harness.records import load_records, read_predictions
+from harness.run_record import RunRecord
 from harness.tasks import TASKS, get_task
 
-# GLUE's official training-set sizes: a cell trained on fewer examples says how many it used.
-OFFICIAL_TRAIN = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846,
-                  "mnli": 392702, "qnli": 104743, "rte": 2490, "wnli": 635}
+
+@dataclass(frozen=True)
+class TableRecord:
+    """A RunRecord with what its row and cell need from the files beside it."""
+
+    record: RunRecord
+    folder: str  # the record's folder, relative to the results folder
+    device: str  # env.json's device
+    cap: int | None  # a teacher's own training cap (None: full set, or not a teacher)
+    teacher_caps: tuple[int, ...]  # the caps of the card teachers a student read
+    single_class: bool  # predicts one class for every dev example
 
 
 def _teacher_cap(record: Path) -> int | None:
@@ -50,15 +60,15 @@ def single_class(folder: Path, task: str) -> bool:
     return len(preds) == 1
 
 
-def row_key(m: dict) -> str:
+def row_key(t: TableRecord) -> str:
     """Rows gather one method/student over tasks: 'glue/sst2/kd/3L_from_x' -> 'kd/3L_from_x'."""
-    if m["kind"] == "teacher":
-        how = f"co-finetuned with {', '.join(m['cofinetuned_with'])}" if m.get("cofinetuned_with") else "fine-tuned"
-        cap = m["_cap"]
-        return f"teacher ({how}{f', cap {cap}' if cap else ''}): {m['model']}"
-    if m["kind"] == "stage":  # stages/<task>/<name>
-        return f"assistant stage: {m['name'].split('/')[-1]}"
-    parts = m["name"].split("/")
+    m = t.record
+    if m.kind == "teacher":
+        how = f"co-finetuned with {', '.join(m.cofinetuned_with)}" if m.cofinetuned_with else "fine-tuned"
+        return f"teacher ({how}{f', cap {t.cap}' if t.cap else ''}): {m.model}"
+    if m.kind == "stage":  # stages/<task>/<name>
+        return f"assistant stage: {m.name.split('/')[-1]}"
+    parts = m.name.split("/")
     if len(parts) > 2 and parts[0] == "glue" and parts[1] in TASKS:
         parts = parts[2:]
     return "/".join(parts)
@@ -76,11 +86,11 @@ def _cell(scores: pd.Series, n_train: int, epochs: float, task: str, teacher_cap
     # a row whose cells have different seed counts says each cell's, so a 1-seed figure is not read
     # as if it were a mean like its neighbours
     notes = [f"{len(scores)} seed{'s' * (len(scores) > 1)}"] if say_seeds else []
-    if n_train < OFFICIAL_TRAIN[task]:
+    if n_train < get_task(task).train_size:
         # a capped run's budget is its size and its epochs: 2k examples for 1 epoch and for 2 are not
         # the same experiment, and rows of one table may differ in either
         notes.append(f"{_size(n_train)}, {epochs:g} ep")
-    caps = sorted(c for c in teacher_caps if c < OFFICIAL_TRAIN[task])
+    caps = sorted(c for c in teacher_caps if c < get_task(task).train_size)
     if caps:
         notes.append("teacher " + "/".join(_size(c) for c in caps))
     return txt + (f" ({'; '.join(notes)})" if notes else "")
@@ -98,13 +108,13 @@ def _split_reruns(long: pd.DataFrame) -> None:
     long.loc[clash, "row"] = long.row[clash] + " [" + pd.Series(spec, index=long.index)[clash] + "]"
 
 
-def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def glue_table(recs: list[TableRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(display table, long CSV frame).  Cells: mean (± std over seeds) of the task's headline x 100."""
     long = pd.DataFrame([{
-        "row": row_key(m), "model": m["model"], "lineage": " → ".join(m["lineage"]), "task": m["task"],
-        "seed": m["seed"], "score": m["score"], "train_examples": m["train"]["train_examples"],
-        "epochs": m["train"]["epochs"], "teacher_train_cap": "/".join(map(str, m["_teacher_caps"])),
-        "device": m["env_device"], "single_class": m["_single_class"], "record": m["_dir"]} for m in recs])
+        "row": row_key(t), "model": t.record.model, "lineage": " → ".join(t.record.lineage), "task": t.record.task,
+        "seed": t.record.seed, "score": t.record.score, "train_examples": t.record.train.train_examples,
+        "epochs": t.record.train.epochs, "teacher_train_cap": "/".join(map(str, t.teacher_caps)),
+        "device": t.device, "single_class": t.single_class, "record": t.folder} for t in recs])
     if long.empty:
         return long, long
     _split_reruns(long)
@@ -132,36 +142,36 @@ def glue_table(recs: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), long
 
 
-def _speed_reference(m: dict) -> str:
+def _speed_reference(m: RunRecord) -> str:
     """The model a record's speed-up is measured against: its first teacher (a card, or an assistant
     stage's model), or itself for a teacher."""
-    if m.get("teacher_speed") is None:
-        return m["model"]
-    first = m["teachers"][0]
-    return first.get("card") or first["stage"]
+    if m.teacher_speed is None:
+        return m.model
+    first = m.teachers[0]
+    return first.card or first.stage
 
 
-def speed_table(recs: list[dict]) -> pd.DataFrame:
+def speed_table(recs: list[TableRecord]) -> pd.DataFrame:
     """One row per (model, the teacher its speed-up is against): a student taught by two different
     teachers in different recipes gets a row for each."""
     rows = {}
-    for m in recs:
-        sp = m.get("speed")
-        key = (m["model"], _speed_reference(m))
-        if not sp or key in rows:
+    for m in (t.record for t in recs):
+        sp = m.speed
+        key = (m.model, _speed_reference(m))
+        if key in rows:
             continue
-        r = {"Model": m["model"], "Params (M)": round(m["params"]["total"] / 1e6, 1),
-             "Size (MB)": round(m["size_bytes"] / 2**20, 1),
-             f"CPU latency b1 L{sp['seq_len']} (ms)": sp["cpu"]["latency_ms"],
-             f"CPU throughput b{sp['throughput_batch']} (ex/s)": sp["cpu"]["throughput"]}
-        if "gpu" in sp:
-            r["GPU"] = sp["gpu"]["device"]
-            r["GPU latency b1 (ms)"] = sp["gpu"]["latency_ms"]
-            r[f"GPU throughput b{sp['throughput_batch']} (ex/s)"] = sp["gpu"]["throughput"]
-        t = m.get("teacher_speed")
+        r = {"Model": m.model, "Params (M)": round(m.params.total / 1e6, 1),
+             "Size (MB)": round(m.size_bytes / 2**20, 1),
+             f"CPU latency b1 L{sp.seq_len} (ms)": sp.cpu.latency_ms,
+             f"CPU throughput b{sp.throughput_batch} (ex/s)": sp.cpu.throughput}
+        if sp.gpu is not None:
+            r["GPU"] = sp.gpu.device
+            r["GPU latency b1 (ms)"] = sp.gpu.latency_ms
+            r[f"GPU throughput b{sp.throughput_batch} (ex/s)"] = sp.gpu.throughput
+        t = m.teacher_speed
         r["CPU speed-up vs teacher"] = (
-            f"{t['cpu']['latency_ms'] / sp['cpu']['latency_ms']:.2f}x vs {key[1]}" if t else "1.00x (teacher)")
-        r["CPU threads"] = sp["cpu"]["threads"]
+            f"{t.cpu.latency_ms / sp.cpu.latency_ms:.2f}x vs {key[1]}" if t else "1.00x (teacher)")
+        r["CPU threads"] = sp.cpu.threads
         rows[key] = r
     return pd.DataFrame(list(rows.values()))
 
@@ -174,17 +184,17 @@ NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearm
          "QQP dev here is a held-out sample of GLUE train, not GLUE dev.")
 
 
-def annotated_records(results_dir: Path) -> list[dict]:
+def annotated_records(results_dir: Path) -> list[TableRecord]:
     """Every record, with what its row and cell need from the files beside metrics.json: device, the
     teachers' training caps, and whether it predicts one class everywhere."""
-    recs = load_records(results_dir)
-    for m in recs:
-        m["env_device"] = json.loads((results_dir / m["_dir"] / "env.json").read_text())["device"]
-        if m["kind"] == "teacher":
-            m["_cap"] = _teacher_cap(results_dir / m["_dir"])
-        m["_teacher_caps"] = () if m["kind"] == "teacher" else _teacher_caps(results_dir / m["_dir"], m["terms"])
-        m["_single_class"] = single_class(results_dir / m["_dir"], m["task"])
-    return recs
+    out = []
+    for rel, m in load_records(results_dir):
+        folder = results_dir / rel
+        teacher = m.kind == "teacher"
+        out.append(TableRecord(m, str(rel), json.loads((folder / "env.json").read_text())["device"],
+                               _teacher_cap(folder) if teacher else None,
+                               () if teacher else _teacher_caps(folder, m.terms), single_class(folder, m.task)))
+    return out
 
 
 def build_tables(results_dir: Path) -> list[Path]:

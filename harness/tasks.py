@@ -15,7 +15,7 @@ import csv
 import gzip
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -44,6 +44,11 @@ class Task:
     # CoLA's train/dev files have no header row; these names stand in for one so that columns can
     # still be picked by name.  None means the file's first row is its header.
     implicit_header: tuple[str, ...] | None = None
+    # What GLUE reports for the task, in the order its leaderboard writes them ("F1/Acc"): the keys of
+    # harness.metrics, whose mean is the headline score.
+    metrics: tuple[str, ...] = field(kw_only=True)
+    # GLUE's official training-set size: a figure trained on fewer examples says how many it used.
+    train_size: int = field(kw_only=True)
 
     @property
     def is_regression(self) -> bool:
@@ -70,23 +75,25 @@ _ENTAILMENT2 = ("entailment", "not_entailment")
 TASKS: Registry[Task] = Registry("task")
 for _task in (
     Task("cola", "CoLA", "CoLA", ("sentence",), "label", _BINARY, "cola", ("sentence",),
-         implicit_header=("source", "label", "original_label", "sentence")),
-    Task("sst2", "SST-2", "SST-2", ("sentence",), "label", _BINARY, "sst2", ("sentence",)),
+         implicit_header=("source", "label", "original_label", "sentence"),
+         metrics=("matthews_correlation",), train_size=8551),
+    Task("sst2", "SST-2", "SST-2", ("sentence",), "label", _BINARY, "sst2", ("sentence",),
+         metrics=("accuracy",), train_size=67349),
     Task("mrpc", "MRPC", "MRPC", ("#1 String", "#2 String"), "Quality", _BINARY, "mrpc",
-         ("sentence1", "sentence2")),
+         ("sentence1", "sentence2"), metrics=("f1", "accuracy"), train_size=3668),
     Task("stsb", "STS-B", "STS-B", ("sentence1", "sentence2"), "score", None, "stsb",
-         ("sentence1", "sentence2")),
+         ("sentence1", "sentence2"), metrics=("pearson", "spearmanr"), train_size=5749),
     Task("qqp", "QQP", "QQP", ("question1", "question2"), "is_duplicate", _BINARY, "qqp",
-         ("question1", "question2")),
+         ("question1", "question2"), metrics=("f1", "accuracy"), train_size=363846),
     Task("mnli", "MNLI", "MNLI", ("sentence1", "sentence2"), "gold_label",
          ("entailment", "neutral", "contradiction"), "mnli", ("premise", "hypothesis"),
-         dev_splits=("dev_matched", "dev_mismatched")),
+         dev_splits=("dev_matched", "dev_mismatched"), metrics=("accuracy",), train_size=392702),
     Task("qnli", "QNLI", "QNLI", ("question", "sentence"), "label", _ENTAILMENT2, "qnli",
-         ("question", "sentence")),
+         ("question", "sentence"), metrics=("accuracy",), train_size=104743),
     Task("rte", "RTE", "RTE", ("sentence1", "sentence2"), "label", _ENTAILMENT2, "rte",
-         ("sentence1", "sentence2")),
+         ("sentence1", "sentence2"), metrics=("accuracy",), train_size=2490),
     Task("wnli", "WNLI", "WNLI", ("sentence1", "sentence2"), "label", _BINARY, "wnli",
-         ("sentence1", "sentence2")),
+         ("sentence1", "sentence2"), metrics=("accuracy",), train_size=635),
 ):
     TASKS.add(_task.name, _task)
 

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.features import Features, Need, forward_features
-from harness.teachers import cache_dir
+from harness.paths import cache_dir
 
 MAX_GB_ENV = "KD_HARNESS_TEACHER_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 20.0

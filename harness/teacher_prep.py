@@ -3,131 +3,126 @@ MT-BERT), trained once, cached by content, with a record of its own."""
 from __future__ import annotations
 
 import json
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from harness import bench
+from harness.cached import cached_run, finish, summary
 from harness.cofinetune import cofinetune
+from harness.data import tokenize_task
+from harness.engine import is_main
+from harness.evaluate import evaluate
+from harness.hashing import spec_hash
 from harness.losses import TERMS
 from harness.metrics import task_headline
-from harness.models import count_parameters, load_classifier, load_tokenizer, save_model, weights_size_bytes
-from harness.phases import Options, _tokenize_all, barrier, evaluate, is_main, train_and_evaluate
-from harness.recipe import recipe_hash
+from harness.models import load_classifier, load_tokenizer
+from harness.options import Options
+from harness.paths import REPO_ROOT, cache_dir
+from harness.phases import train_and_evaluate
 from harness.recipe_parts import DeepSpeedSettings, SpeedSettings
-from harness.records import env_info, write_record
-from harness.tasks import Task
-from harness.teachers import REPO_ROOT, Card, cache_dir, finetuned_dir
+from harness.records import env_info, read_record, write_record
+from harness.resolved import ResolvedTeacher, RunPlan
+from harness.run_record import RunRecord, Speed
+from harness.tasks import Task, get_task
+from harness.teachers import Card
 
 
-def _finish(student, tok, out_dir: Path, speed: SpeedSettings) -> dict:
-    """Save the trained model (fp32 safetensors) and time it; rank 0 only."""
-    save_model(student, tok, out_dir)
-    return {"params": count_parameters(student), "size_bytes": weights_size_bytes(out_dir),
-            "speed": bench.measure(student, speed.seq_len, speed.throughput_batch, speed.iters)}
+@dataclass(frozen=True)
+class ReadyTeacher:
+    """A teacher's model, ready for a student to read, and what the student's record says of it."""
+
+    folder: Path  # its model (a fine-tuned or trained checkpoint, or the pretrained one for no-KD)
+    name: str  # how lineages and teacher_scores name it
+    lineage: list[str]  # the chain that produced it, itself last
+    speed: Speed | None
+    score: float | None  # None: not fine-tuned (no term reads it)
 
 
-def _summary(m: dict, where: Path) -> None:
-    t = m["train"]
-    print(f"[{m['name']} seed {m['seed']}] {m['task']} score {100 * m['score']:.2f} | "
-          f"{t['train_examples']} train ex, {t['wall_time_s']:.0f}s, {t['samples_per_s']:.0f} ex/s | "
-          f"{m['params']['total'] / 1e6:.1f}M params, CPU b1 {m['speed']['cpu']['latency_ms']:.1f} ms | {where}",
-          flush=True)
+def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
+    """The card fine-tuned on the task, from the cache or trained now."""
+    card, task, settings = rt.card, rt.task, rt.finetune
+    folder, record_dir = rt.folder(settings.seed), rt.record_dir(opts.results_dir, settings.seed)
+
+    def train(tmps: list[Path]) -> None:
+        path = card.pretrained_path()
+        torch.manual_seed(settings.seed)  # the new classification head is drawn from this
+        task_ = get_task(task)
+        model, tok = load_classifier(path, task_), load_tokenizer(path)
+        resolved = {"kind": "teacher", "card": card.model_dump(mode="json"), "task": task,
+                    "finetune": settings.model_dump(mode="json"), "deepspeed": DeepSpeedSettings().model_dump()}
+        ce = TERMS.get("ce")
+        trained, stats, preds, dev = train_and_evaluate(
+            model, tok, [], [(ce(ce.Params()), 1.0)], task_, settings, DeepSpeedSettings(), settings.seed,
+            f"teacher {card.name}", opts.glue_dir)
+        if is_main():
+            record = RunRecord.model_validate({
+                "kind": "teacher", "name": f"teacher/{card.name}", "task": task, "model": card.name,
+                "lineage": [card.name], "teachers": [], "terms": ["ce"], "seed": settings.seed,
+                "recipe_hash": spec_hash(resolved), "dev": dev, "score": task_headline(task_, dev), "train": stats,
+                **finish(trained, tok, tmps[0], SpeedSettings())})
+            write_record(tmps[0] / "record", resolved, record, preds, env_info(REPO_ROOT))
+            summary(record, record_dir)
+            warn_if_differs(record_dir, record)
+
+    record = cached_run([(folder, record_dir)], train)[0]
+    return ReadyTeacher(folder, card.name, [card.name], record.speed, record.score)
 
 
-def _warn_if_differs(record_dir: Path, metrics: dict) -> None:
+def warn_if_differs(record_dir: Path, record: RunRecord) -> None:
     """Same spec, other score: fp32 training is not bit-reproducible across CPUs (their kernels sum in
     other orders), so a teacher retrained on another machine can differ from the kept record, which
     stays; the students trained now name the teacher they read in their own records (teacher_scores)."""
-    kept = record_dir / "metrics.json"
-    if kept.exists() and (old := json.loads(kept.read_text())["score"]) != metrics["score"]:
-        print(f"note: this teacher scores {100 * metrics['score']:.2f} here; the kept record {record_dir} "
+    if (record_dir / "metrics.json").exists() and (old := read_record(record_dir).score) != record.score:
+        print(f"note: this teacher scores {100 * record.score:.2f} here; the kept record {record_dir} "
               f"(same spec, trained on {json.loads((record_dir / 'env.json').read_text())['platform']}) says "
               f"{100 * old:.2f}. Students trained now read this one (see their teacher_scores).", flush=True)
 
 
-def ensure_teacher(card: Card, task: Task, overrides: dict, opts: Options) -> tuple[Path, dict]:
-    """The card fine-tuned on the task, from the cache or trained now; returns (folder, its metrics)."""
-    settings = card.finetune_for(task.name, overrides)
-    folder = finetuned_dir(card, task.name, settings)
-    record_dir = opts.results_dir / "runs" / "teachers" / card.name / task.name / folder.name
-    done = folder / "record" / "metrics.json"
-    if not done.exists():
-        path = card.pretrained_path()
-        torch.manual_seed(settings.seed)  # the new classification head is drawn from this
-        model, tok = load_classifier(path, task), load_tokenizer(path)
-        resolved = {"kind": "teacher", "card": card.model_dump(mode="json"), "task": task.name,
-                    "finetune": settings.model_dump(mode="json"), "deepspeed": DeepSpeedSettings().model_dump()}
-        student, stats, preds, dev = train_and_evaluate(
-            model, tok, [], [(TERMS.get("ce")(TERMS.get("ce").Params()), 1.0)], task, settings,
-            DeepSpeedSettings(), settings.seed, f"teacher {card.name}", opts.glue_dir)
-        if is_main():
-            tmp = folder.with_name(folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            extra = _finish(student, tok, tmp, SpeedSettings())
-            metrics = {"kind": "teacher", "name": f"teacher/{card.name}", "task": task.name, "model": card.name,
-                       "lineage": [card.name], "teachers": [], "terms": ["ce"], "seed": settings.seed,
-                       "recipe_hash": recipe_hash(resolved), "dev": dev, "score": task_headline(task, dev),
-                       "train": stats, **extra}
-            write_record(tmp / "record", resolved, metrics, preds, env_info(REPO_ROOT))
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
-            _summary(metrics, record_dir)
-            _warn_if_differs(record_dir, metrics)
-        barrier()
-    if is_main() and not (record_dir / "metrics.json").exists():
-        shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)
-    barrier()
-    return folder, json.loads(done.read_text())
-
-
-def untrained_teacher(card: Card, task: Task) -> tuple[Path, dict]:
+def untrained_teacher(card: Card, task: Task) -> ReadyTeacher:
     """A teacher no term reads (the no-KD baseline): not fine-tuned, which would spend a teacher's
     training on weights nobody uses.  Its pretrained encoder (with a fresh head, which runs exactly as
     fast as a fine-tuned one) is timed for the speed-up column; it has no score."""
     path = card.pretrained_path()
     s = SpeedSettings()
     speed = bench.measure(load_classifier(path, task), s.seq_len, s.throughput_batch, s.iters) if is_main() else None
-    return path, {"speed": speed, "score": None}
+    return ReadyTeacher(Path(path), card.name, [card.name], speed and Speed.model_validate(speed), None)
 
 
-def ensure_cofinetuned(cards: list[Card], task: Task, overrides: dict, opts: Options) -> list[tuple[Path, dict]]:
-    """The cards fine-tuned jointly (MT-BERT co-finetuning), from the cache or trained now; returns
-    (folder, metrics) per card, like ensure_teacher."""
-    settings = cards[0].finetune_for(task.name, overrides)
+def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
+    """The plan's card teachers fine-tuned jointly (MT-BERT co-finetuning), from the cache or trained
+    now; one ReadyTeacher per card, like ensure_teacher."""
+    cards, task = [t.card for t in plan.teachers], plan.task
+    settings = cards[0].finetune_for(task.name, plan.recipe.cofinetune)
     key_src = {"cards": [[c.name, c.source_spec()] for c in cards], "task": task.name,
                "settings": settings.model_dump(mode="json")}
-    key = "co-" + recipe_hash(key_src)
-    folders = [cache_dir() / "teachers" / c.name / task.name / key for c in cards]
-    records = [opts.results_dir / "runs" / "teachers" / c.name / task.name / key for c in cards]
-    if not all((f / "record" / "metrics.json").exists() for f in folders):
+    key = "co-" + spec_hash(key_src)
+    entries = [(cache_dir() / "teachers" / c.name / task.name / key,
+                opts.results_dir / "runs" / "teachers" / c.name / task.name / key) for c in cards]
+    names = [c.name for c in cards]
+
+    def train(tmps: list[Path]) -> None:
         torch.manual_seed(settings.seed)  # the new shared head is drawn from this
         models = [load_classifier(c.pretrained_path(), task) for c in cards]
         toks = [load_tokenizer(c.pretrained_path()) for c in cards]
-        data = [_tokenize_all(task, tok, settings, opts.glue_dir) for tok in toks]
-        names = [c.name for c in cards]
-        trained, stats = cofinetune(models, [d[0] for d in data],
-                                    [t.pad_token_id for t in toks], task.is_regression, settings, settings.seed,
+        data = [tokenize_task(task, tok, settings, opts.glue_dir) for tok in toks]
+        trained, stats = cofinetune(models, [d[0] for d in data], [t.pad_token_id for t in toks],
+                                    task.is_regression, settings, settings.seed,
                                     f"co-finetune {' + '.join(names)} on {task.display}")
         resolved = {"kind": "teacher", "cofinetune": key_src, "deepspeed": DeepSpeedSettings().model_dump()}
-        for c, model, tok, (_, devs), folder in zip(cards, trained, toks, data, folders):
+        for c, model, tok, (_, devs), tmp, (folder, _) in zip(cards, trained, toks, data, tmps, entries):
             preds, dev = evaluate(model, tok, devs, task, settings, f"teacher {c.name} (co-finetuned)")
             if is_main():
-                tmp = folder.with_name(folder.name + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                metrics = {"kind": "teacher", "name": f"teacher/{c.name}", "task": task.name, "model": c.name,
-                           "cofinetuned_with": [n for n in names if n != c.name], "lineage": [c.name],
-                           "teachers": [], "terms": ["ce"], "seed": settings.seed, "recipe_hash": key[3:],
-                           "dev": dev, "score": task_headline(task, dev), "train": stats,
-                           **_finish(model, tok, tmp, SpeedSettings())}
-                write_record(tmp / "record", resolved, metrics, preds, env_info(REPO_ROOT))
-                shutil.rmtree(folder, ignore_errors=True)
-                tmp.rename(folder)
-                _summary(metrics, folder)
-        barrier()
-    for folder, record_dir in zip(folders, records):
-        if is_main() and not (record_dir / "metrics.json").exists():
-            shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)
-    barrier()
-    return [(f, json.loads((f / "record" / "metrics.json").read_text())) for f in folders]
+                record = RunRecord.model_validate({
+                    "kind": "teacher", "name": f"teacher/{c.name}", "task": task.name, "model": c.name,
+                    "cofinetuned_with": [n for n in names if n != c.name], "lineage": [c.name],
+                    "teachers": [], "terms": ["ce"], "seed": settings.seed, "recipe_hash": key[3:],
+                    "dev": dev, "score": task_headline(task, dev), "train": stats,
+                    **finish(model, tok, tmp, SpeedSettings())})
+                write_record(tmp / "record", resolved, record, preds, env_info(REPO_ROOT))
+                summary(record, folder)
+
+    records = cached_run(entries, train)
+    return [ReadyTeacher(folder, f"{c.name} (co-ft)", [f"{c.name} (co-ft)"], r.speed, r.score)
+            for c, (folder, _), r in zip(cards, entries, records)]

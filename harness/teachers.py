@@ -17,25 +17,15 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from harness.recipe import recipe_hash
-from harness.recipe_parts import Training
+from harness.hashing import spec_hash
+from harness.paths import cache_dir, teachers_dir
+from harness.recipe_parts import Training, TrainingOverrides
 from harness.registry import Registry
 from harness.schema import ConfigError, Strict, load, parse
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def cache_dir() -> Path:
-    """Where fine-tuned teachers, assembled checkpoints, tokenized data and students go."""
-    return Path(os.environ.get("KD_HARNESS_CACHE", Path.home() / ".cache" / "kd-harness")).expanduser()
-
-
-def teachers_dir(override: Path | None = None) -> Path:
-    return Path(override or os.environ.get("KD_HARNESS_TEACHERS", REPO_ROOT / "teachers"))
+from harness.tasks import TASKS
 
 
 class SplitZip(Strict):
@@ -77,7 +67,15 @@ class FinetuneDefaults(Strict):
     weight_decay: float = Field(0.01, ge=0)
     max_train_examples: int | None = Field(None, gt=0)
     seed: int = 42
-    per_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    per_task: dict[str, TrainingOverrides] = Field(default_factory=dict, description="task -> overrides")
+
+    @field_validator("per_task")
+    @classmethod
+    def _known_tasks(cls, v: dict) -> dict:
+        for task in v:  # keys are the registry's task names: a misspelled one would silently do nothing
+            if task not in TASKS:
+                raise ValueError(TASKS.unknown_message(task))
+        return v
 
 
 class Card(Strict):
@@ -94,10 +92,13 @@ class Card(Strict):
     # set by load_card, not read from YAML
     card_path: Path | None = Field(None, exclude=True)
 
-    def finetune_for(self, task: str, overrides: dict[str, Any] | None = None) -> Training:
+    def finetune_for(self, task: str, overrides: TrainingOverrides | None = None) -> Training:
         """Resolved fine-tuning settings for one task: card defaults < per_task < recipe overrides."""
-        base = self.finetune.model_dump(exclude={"per_task"})
-        merged = base | self.finetune.per_task.get(task, {}) | (overrides or {})
+        merged = self.finetune.model_dump(exclude={"per_task"})
+        if task in self.finetune.per_task:
+            merged = self.finetune.per_task[task].over(merged)
+        if overrides is not None:
+            merged = overrides.over(merged)
         return parse(Training, merged, self.card_path or Path(self.name))
 
     def source_spec(self) -> dict:
@@ -205,5 +206,5 @@ def all_cards(tdir: Path | None = None) -> list[Card]:
 def finetuned_dir(card: Card, task: str, settings: Training) -> Path:
     """Cache folder of ``card`` fine-tuned on ``task`` with ``settings`` (content-addressed)."""
     key_src = {"card": card.name, "source": card.source_spec(), "task": task, "settings": settings.model_dump(mode="json")}
-    key = recipe_hash(key_src)  # log_every and loader_workers do not change the key
+    key = spec_hash(key_src)  # log_every and loader_workers do not change the key
     return cache_dir() / "teachers" / card.name / task / key

@@ -67,3 +67,17 @@ def harness_cli(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | No
     full_env = {k: v for k, v in os.environ.items() if k not in dist_vars} | {"PYTHONPATH": str(REPO)} | (env or {})
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def run_record(**fields):
+    """A valid RunRecord with small made-up figures; ``fields`` override any top-level field."""
+    from harness.run_record import RunRecord
+
+    speed = {"seq_len": 128, "throughput_batch": 32,
+             "cpu": {"device": "x86_64", "threads": 2, "dtype": "float32", "latency_ms": 10.0, "throughput": 1.0}}
+    base = {"kind": "student", "name": "r", "task": "sst2", "model": "m", "lineage": ["m"], "teachers": [],
+            "terms": ["ce"], "seed": 42, "recipe_hash": "0" * 12, "dev": {"dev": {"accuracy": 0.5}}, "score": 0.5,
+            "train": {"train_examples": 2000, "steps": 125, "epochs": 2.0, "examples_seen": 4000, "wall_time_s": 1.0,
+                      "samples_per_s": 4000.0, "world_size": 1, "precision": "float32", "loss_history": []},
+            "params": {"total": 1_000_000, "non_embedding": 500_000}, "size_bytes": 2**20, "speed": speed}
+    return RunRecord.model_validate(base | fields)

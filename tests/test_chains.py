@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import REAL_GLUE, harness_cli, needs_glue
-from harness.recipe import load_recipe
+from harness.plan import load
 from harness.schema import ConfigError
 
 CHAIN = """
@@ -36,7 +36,7 @@ def test_chain_validation(tmp_path, edit, match):
     p = tmp_path / "chain.yaml"
     p.write_text(CHAIN.replace(*edit).replace("TEMP", "2.0"))
     with pytest.raises(ConfigError, match=match):
-        load_recipe(p)
+        load(p).recipe
 
 
 def test_stage_recipe_keeps_only_what_it_builds_on(tmp_path):
@@ -47,7 +47,7 @@ def test_stage_recipe_keeps_only_what_it_builds_on(tmp_path):
     student: {init: teacher_layers, card: all-MiniLM-L6-v2, layers: [0, 3, 5]}
     objective: [{term: hinton_kd}]
 teachers: [{stage: ta3}]"""))
-    r = load_recipe(p)
+    r = load(p).recipe
     ta3 = r.stage_recipe("ta3")
     assert [a.name for a in ta3.assistants] == ["ta4"] and ta3.name == "stages/sst2/ta3"
     assert r.stage_recipe("ta4").assistants == []

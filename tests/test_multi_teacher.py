@@ -11,7 +11,7 @@ import torch
 from conftest import REAL_GLUE, harness_cli, needs_glue
 from harness.features import Features
 from harness.losses import TERMS, Batch, Shape
-from harness.recipe import load_recipe
+from harness.plan import load
 from harness.schema import ConfigError
 from harness.weighting import WeightingSpec, teacher_weights
 
@@ -164,27 +164,27 @@ def test_intermediate_terms_across_tokenizers_fail_validation(tmp_path, mpnet_in
     p.write_text(TWO.format(task="sst2", scheme="mtbert", term="hidden_mse"))
     with pytest.raises(ConfigError, match=r"objective\[0\]: hidden_mse .* all-mpnet-base-v2 tokenizes text "
                                           r"differently"):
-        load_recipe(p)
+        load(p).recipe
     p.write_text(TWO.format(task="sst2", scheme="mtbert", term="hinton_kd"))
-    assert load_recipe(p).teacher_weighting.scheme == "mtbert"  # logit-level: fine
+    assert load(p).recipe.teacher_weighting.scheme == "mtbert"  # logit-level: fine
 
 
 def test_weighting_validation(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text(TWO.format(task="stsb", scheme="confidence", term="hinton_kd"))
     with pytest.raises(ConfigError, match="teacher_weighting.scheme: confidence needs class distributions"):
-        load_recipe(p)
+        load(p).recipe
     p.write_text(TWO.format(task="sst2", scheme="mt-bert", term="hinton_kd"))
     with pytest.raises(ConfigError, match="Did you mean 'mtbert'"):
-        load_recipe(p)
+        load(p).recipe
     p.write_text(TWO.format(task="sst2", scheme="mtbert", term="hinton_kd") + "cofinetune: {}\n")
     with pytest.raises(ConfigError, match=r"cofinetune: the shared pooling and prediction layer need one hidden "
                                           r"width, but the teachers have \{'all-MiniLM-L6-v2': 384, 'all-mpnet-base-v2': 768\}"):
-        load_recipe(p)
+        load(p).recipe
     p.write_text(TWO.format(task="sst2", scheme="mtbert", term="hinton_kd").replace(
         "card: all-mpnet-base-v2", "card: all-MiniLM-L6-v2") + "cofinetune: {epochs: 0}\n")
     with pytest.raises(ConfigError, match="cofinetune: .*epochs"):
-        load_recipe(p)
+        load(p).recipe
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from conftest import REPO, harness_cli
-from harness.recipe import load_recipe, recipe_hash
+from harness.hashing import spec_hash as recipe_hash
+from harness.plan import load
 from harness.schema import ConfigError
 
 GOOD = """\
@@ -70,6 +71,20 @@ BAD = {
                                       r"phases\[0\]\.objective\[0\]\.relation_heads: 7 does not divide"),
     "phase_training_typo": (PHASES.replace("{general}", "{term: hidden_mse}").replace("training: {}", "training: {epoch: 1}"),
                             r"phases\[0\]\.training: unknown key 'epoch' \(did you mean 'epochs'\?\)"),
+    "student_init_typo": (GOOD.replace("  init: teacher_layers", "  initx: teacher_layers"),
+                          r"student: missing 'init' \(how the student is built: one of teacher_layers, pretrained, "
+                          r"config\); unknown key 'initx' \(did you mean 'init'\?\)"),
+    "student_init_value": (GOOD.replace("init: teacher_layers", "init: teacher_layer"),
+                           r"student: init: 'teacher_layer' is not a way to build a student \(did you mean "
+                           r"'teacher_layers'\?\)"),
+    "assistant_training_typo": (GOOD.replace("teachers:\n  - card: all-MiniLM-L6-v2\n", "assistants:\n  - name: ta\n"
+                                             "    teachers: [{card: all-MiniLM-L6-v2}]\n    student: {init: teacher_layers, "
+                                             "layers: [0, 2, 4]}\n    objective: [{term: hinton_kd}]\n    training: "
+                                             "{epochz: 1}\nteachers: [{stage: ta}]\n").replace(
+                                    "init: teacher_layers\n  layers", "init: teacher_layers\n  card: all-MiniLM-L6-v2\n  layers"),
+                                r"assistants\[0\]\.training: unknown key 'epochz' \(did you mean 'epochs'\?\)"),
+    "teacher_finetune_typo": (GOOD.replace("  - card: all-MiniLM-L6-v2\n", "  - card: all-MiniLM-L6-v2\n    finetune: {max_train: 9}\n"),
+                              r"teachers\[0\]\.finetune: unknown key 'max_train' \(did you mean 'max_train_examples'\?\)"),
 }
 
 
@@ -103,7 +118,7 @@ def test_every_shipped_recipe_validates():
 def test_resolved_recipe_fills_defaults(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text(GOOD)
-    r = load_recipe(p)
+    r = load(p).recipe
     d = r.resolved()
     assert d["objective"][0] == {"term": "hinton_kd", "weight": 1.0, "params": {"temperature": 2.0, "alpha": 0.5, "combine": "mixture"}}
     assert d["deepspeed"]["zero_stage"] == 0 and d["training"]["warmup_ratio"] == 0.1
@@ -116,7 +131,7 @@ def test_resolved_recipe_fills_defaults(tmp_path):
 def test_hash_ignores_logging_and_loader_workers_only(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text(GOOD)
-    d = load_recipe(p).resolved()
+    d = load(p).recipe.resolved()
     assert "log_every" in d["training"] and "loader_workers" in d["training"]
     h = recipe_hash(d)
 
@@ -133,11 +148,27 @@ def test_hash_ignores_logging_and_loader_workers_only(tmp_path):
     assert recipe_hash(d | phase) == recipe_hash(d | other) != recipe_hash(d)
 
 
+def test_operational_fields_are_hashed_at_the_schema_defaults():
+    from harness.hashing import OPERATIONAL
+    from harness.recipe_parts import Training
+
+    assert OPERATIONAL == {k: Training.model_fields[k].default for k in OPERATIONAL}
+
+
+def test_overrides_keep_their_values_as_written(tmp_path):
+    """Typed overrides dump as written (epochs: 2 stays 2), so hashes of specs from before they were
+    typed still match and nothing cached is retrained."""
+    p = tmp_path / "r.yaml"
+    p.write_text(GOOD.replace("  - card: all-MiniLM-L6-v2\n", "  - card: all-MiniLM-L6-v2\n    finetune: {epochs: 2}\n"))
+    d = load(p).recipe.resolved()
+    assert d["teachers"][0]["finetune"] == {"epochs": 2} and json.dumps(d["teachers"][0]["finetune"]) == '{"epochs": 2}'
+
+
 def test_teacher_terms_need_a_teacher(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text(GOOD.replace("teachers:\n  - card: all-MiniLM-L6-v2\n", "teachers: []\n"))
     with pytest.raises(ConfigError, match="need a teacher"):
-        load_recipe(p)
+        load(p).recipe
 
 
 def test_glob_with_no_match_is_an_error(tmp_path):

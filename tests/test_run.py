@@ -64,7 +64,7 @@ def test_kd_run_writes_records_and_tables_then_skips(tmp_path, tiny_card):
     assert "2L-from-tiny-bert" in speed_md and "tiny-bert" in speed_md
 
     ver = harness_cli("verify", "--results-dir", str(results))
-    assert ver.returncode == 0 and "2 of 2 records match" in ver.stdout, ver.stdout
+    assert ver.returncode == 0 and "2 of 2 records follow the schema and match their predictions" in ver.stdout, ver.stdout
 
     rt = harness_cli("retime", "--results-dir", str(results))
     assert rt.returncode == 0 and "re-timed 2 records" in rt.stdout, rt.stdout + rt.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from conftest import run_record
 from harness.records import write_record
 from harness.results import build_tables
 
@@ -14,17 +15,18 @@ ENV = {"device": "cpu"}
 
 
 def speed(latency_ms: float) -> dict:
-    return {"seq_len": 128, "throughput_batch": 32, "cpu": {"latency_ms": latency_ms, "throughput": 1.0, "threads": 2}}
+    return {"seq_len": 128, "throughput_batch": 32,
+            "cpu": {"device": "x86_64", "dtype": "float32", "latency_ms": latency_ms, "throughput": 1.0, "threads": 2}}
 
 
 def record(results: Path, where: str, *, kind: str, name: str, model: str, score: float, seed: int = 42,
            teachers: list | None = None, teacher_speed: dict | None = None, latency: float = 10.0,
            resolved: dict | None = None, predictions: list | None = None, task: str = "sst2",
            terms: list | None = None) -> None:
-    metrics = {"kind": kind, "name": name, "task": task, "model": model, "lineage": [model],
-               "teachers": teachers or [], "terms": terms or ["ce"], "seed": seed, "dev": {"dev": {"accuracy": score}}, "score": score,
-               "train": {"train_examples": 2000, "epochs": 2.0}, "params": {"total": 1_000_000}, "size_bytes": 2**20,
-               "speed": speed(latency), "teacher_speed": teacher_speed}
+    metrics = run_record(kind=kind, name=name, task=task, model=model, lineage=[model],
+                         teachers=[t | {"weight": 1.0} for t in teachers or []], terms=terms or ["ce"], seed=seed,
+                         dev={"dev": {"accuracy": score}}, score=score, speed=speed(latency),
+                         teacher_speed=teacher_speed)
     rows = predictions or [[0, 1, 1], [1, 0, 0]]
     write_record(results / "runs" / where, resolved or {"teacher_checkpoints": []}, metrics, {"dev": rows}, ENV)
 

@@ -12,7 +12,7 @@ from harness.distill import Teacher, train_stage
 from harness.features import Need
 from harness.losses import TERMS, Shape
 from harness.recipe_parts import DeepSpeedSettings, Training
-from harness.phases import init_distributed
+from harness.engine import init_distributed
 
 
 def _tiny(kind: str, layers: int = 3):

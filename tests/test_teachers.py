@@ -5,6 +5,7 @@ import zipfile
 import pytest
 
 from harness.schema import ConfigError
+from harness.recipe_parts import TrainingOverrides
 from harness.teachers import all_cards, find_card, finetuned_dir, load_card
 
 
@@ -23,15 +24,22 @@ def test_finetune_settings_merge_and_key_the_cache(tmp_path, cache):
     c = card_file(tmp_path, "checkpoint: {path: m}\nfinetune: {epochs: 3, per_task: {rte: {epochs: 10}}}\n")
     assert c.finetune_for("sst2").epochs == 3
     assert c.finetune_for("rte").epochs == 10
-    assert c.finetune_for("rte", {"epochs": 1, "max_train_examples": 100}).max_train_examples == 100
+    assert c.finetune_for("rte", TrainingOverrides({"epochs": 1, "max_train_examples": 100})).max_train_examples == 100
     a = finetuned_dir(c, "sst2", c.finetune_for("sst2"))
     assert a == finetuned_dir(c, "sst2", c.finetune_for("sst2"))
-    assert a != finetuned_dir(c, "sst2", c.finetune_for("sst2", {"max_length": 64}))
+    assert a != finetuned_dir(c, "sst2", c.finetune_for("sst2", TrainingOverrides({"max_length": 64})))
     assert a != finetuned_dir(c, "rte", c.finetune_for("sst2"))
     # how often it logs or how many processes feed it does not make another teacher
-    assert a == finetuned_dir(c, "sst2", c.finetune_for("sst2", {"log_every": 7, "loader_workers": 2}))
-    with pytest.raises(ConfigError, match=r"lr: Input should be greater than 0"):
-        c.finetune_for("sst2", {"lr": -1})
+    assert a == finetuned_dir(c, "sst2", c.finetune_for("sst2", TrainingOverrides({"log_every": 7, "loader_workers": 2})))
+    with pytest.raises(ValueError, match=r"lr: Input should be greater than 0"):
+        TrainingOverrides({"lr": -1})  # an override is checked where it is written, before any merge
+
+
+def test_card_per_task_keys_and_fields_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"per_task.*unknown task 'sts-b'|per_task.*sts-b"):
+        card_file(tmp_path, "checkpoint: {path: m}\nfinetune: {per_task: {sts-b: {epochs: 10}}}\n")
+    with pytest.raises(ConfigError, match=r"per_task\.rte: unknown key 'epoch' \(did you mean 'epochs'\?\)"):
+        card_file(tmp_path, "checkpoint: {path: m}\nfinetune: {per_task: {rte: {epoch: 10}}}\n")
 
 
 def test_card_needs_exactly_one_offline_source(tmp_path):
@@ -72,14 +80,14 @@ def test_split_zip_is_joined_and_unpacked_into_the_cache(tmp_path, monkeypatch, 
 
 
 def test_retrained_teacher_that_scores_otherwise_is_reported(tmp_path, capsys):
-    from harness.teacher_prep import _warn_if_differs
+    from conftest import run_record
+    from harness.records import write_record
+    from harness.teacher_prep import warn_if_differs
     kept = tmp_path / "ef990b1536af"
-    kept.mkdir()
-    (kept / "metrics.json").write_text(json.dumps({"score": 0.5993}))
-    (kept / "env.json").write_text(json.dumps({"platform": "Linux-other-box"}))
-    _warn_if_differs(kept, {"score": 0.6065})
+    write_record(kept, {}, run_record(kind="teacher", score=0.5993), {}, {"platform": "Linux-other-box"})
+    warn_if_differs(kept, run_record(kind="teacher", score=0.6065))
     out = capsys.readouterr().out
     assert "60.65 here" in out and "says 59.93" in out and "Linux-other-box" in out
-    _warn_if_differs(kept, {"score": 0.5993})  # the same score: nothing to say
-    _warn_if_differs(tmp_path / "absent", {"score": 0.6})  # no kept record: nothing to compare
+    warn_if_differs(kept, run_record(kind="teacher", score=0.5993))  # the same score: nothing to say
+    warn_if_differs(tmp_path / "absent", run_record(kind="teacher", score=0.6))  # no kept record: nothing to compare
     assert capsys.readouterr().out == ""

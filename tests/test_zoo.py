@@ -70,17 +70,17 @@ def test_mixed_forward_is_plain_forward_when_lambda_is_one():
     assert not torch.allclose(mixed[1], plain[1], atol=1e-6)
 
 
-def test_progressive_scale_freezes_below_and_above():
+def testprogressive_scale_freezes_below_and_above():
     from harness.recipe_parts import Progressive
-    from harness.phases import _progressive_scale
+    from harness.phases import progressive_scale
 
-    freeze = _progressive_scale(1, Progressive(lower="freeze"))
+    freeze = progressive_scale(1, Progressive(lower="freeze"))
     assert freeze("bert.encoder.layer.1.attention.self.query.weight") == 1.0
     assert freeze("bert.encoder.layer.0.output.dense.weight") == 0.0
     assert freeze("bert.embeddings.word_embeddings.weight") == 0.0
     assert freeze("bert.encoder.layer.2.output.dense.weight") == 0.0
     assert freeze("classifier.weight") == 0.0
-    reduced = _progressive_scale(2, Progressive(lower="reduced_lr", lr_scale=0.1))
+    reduced = progressive_scale(2, Progressive(lower="reduced_lr", lr_scale=0.1))
     assert reduced("mpnet.encoder.layer.0.attention.attn.q.weight") == 0.1
     assert reduced("mpnet.encoder.relative_attention_bias.weight") == 0.1  # shared by all blocks
     assert reduced("mpnet.encoder.layer.2.attention.attn.q.weight") == 1.0
@@ -181,7 +181,7 @@ def test_stage_trains_student_and_terms_never_the_teacher(tmp_path):
     from harness.distill import Teacher, train_stage
     from harness.losses import TERMS, Shape
     from harness.recipe_parts import DeepSpeedSettings, Training
-    from harness.phases import init_distributed
+    from harness.engine import init_distributed
 
     init_distributed()
     teacher, student = _tiny("bert"), _tiny("bert")

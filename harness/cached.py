@@ -1,0 +1,66 @@
+"""Trained once, reused by every recipe that needs it: teachers fine-tuned on a task, teachers
+co-finetuned together, assistant stages.  Each lives in a cache folder named by its resolved spec, with
+its run record inside (``<folder>/record``) and a copy under the results folder.
+
+``cached_run`` is the one place that does this: train into ``<folder>.tmp``, rename it into place (a
+folder without ``record/metrics.json`` is never read as done), copy the record to the results folder.
+``finish`` saves and times a trained model; ``summary`` prints a run's one-line result.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from harness import bench
+from harness.engine import barrier, is_main
+from harness.models import count_parameters, save_model, weights_size_bytes
+from harness.recipe_parts import SpeedSettings
+from harness.records import read_record
+from harness.run_record import RunRecord
+
+Entry = tuple[Path, Path]  # (cache folder, record folder under results/runs)
+
+
+def is_done(folder: Path) -> bool:
+    return (folder / "record" / "metrics.json").exists()
+
+
+def cached_run(entries: list[Entry], train: Callable[[list[Path]], None]) -> list[RunRecord]:
+    """The records of the cached models ``entries`` name, training them first unless every one is
+    done.  ``train(tmps)`` runs on every rank; rank 0 writes each model into its ``tmps[i]`` and its
+    record into ``tmps[i] / "record"``.  Models trained together (co-finetuning) share one call."""
+    if not all(is_done(folder) for folder, _ in entries):
+        tmps = [folder.with_name(folder.name + ".tmp") for folder, _ in entries]
+        if is_main():
+            for tmp in tmps:
+                shutil.rmtree(tmp, ignore_errors=True)
+        train(tmps)
+        if is_main():
+            for tmp, (folder, _) in zip(tmps, entries):
+                shutil.rmtree(folder, ignore_errors=True)
+                tmp.rename(folder)
+        barrier()
+    if is_main():
+        for folder, record_dir in entries:
+            if not (record_dir / "metrics.json").exists():
+                shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)
+    barrier()
+    return [read_record(folder / "record") for folder, _ in entries]
+
+
+def finish(model: nn.Module, tok, out_dir: Path, speed: SpeedSettings) -> dict:
+    """Save the trained model (fp32 safetensors) and time it; rank 0 only.  Returns the record's
+    ``params``, ``size_bytes`` and ``speed``."""
+    save_model(model, tok, out_dir)
+    return {"params": count_parameters(model), "size_bytes": weights_size_bytes(out_dir),
+            "speed": bench.measure(model, speed.seq_len, speed.throughput_batch, speed.iters)}
+
+
+def summary(m: RunRecord, where: Path) -> None:
+    t = m.train
+    print(f"[{m.name} seed {m.seed}] {m.task} score {100 * m.score:.2f} | "
+          f"{t.train_examples} train ex, {t.wall_time_s:.0f}s, {t.samples_per_s:.0f} ex/s | "
+          f"{m.params.total / 1e6:.1f}M params, CPU b1 {m.speed.cpu.latency_ms:.1f} ms | {where}", flush=True)

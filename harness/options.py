@@ -1,0 +1,14 @@
+"""How ``harness run`` was asked to run: where records go, where GLUE is, what to reuse."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Options:
+    results_dir: Path  # records under <results_dir>/runs, tables beside them
+    glue_dir: Path | None  # a local GLUE folder; None: the Hub
+    teachers_dir: Path | None = None  # teacher cards; None: teachers/ of the checkout
+    force: bool = False  # rerun even when a record of the same resolved recipe exists
+    teacher_cache: bool = True  # read teacher outputs from the on-disk cache

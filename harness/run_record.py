@@ -1,0 +1,140 @@
+"""``RunRecord``: the one schema of a run's ``metrics.json`` (a teacher, an assistant stage or a student).
+
+Records are written and read only through it (:mod:`harness.records`), and the tables read only
+RunRecords.  ``schema_version`` says which shape a file has; a file without it is version 1, the shape
+every record had before the field existed, which this model reads as it is.  A later version adds a
+migration here and bumps ``SCHEMA_VERSION``; ``python -m harness records migrate`` rewrites old files.
+Its JSON Schema is exported to ``schemas/run_record.schema.json`` (``harness records schema``).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled or unknown key is an error, not data
+
+
+class CpuSpeed(_Part):
+    device: str
+    threads: int
+    dtype: str
+    latency_ms: float = Field(description="batch 1, median of timed passes")
+    throughput: float = Field(description="examples/s at the throughput batch")
+
+
+class GpuSpeed(_Part):
+    device: str
+    dtype: str
+    latency_ms: float
+    throughput: float
+
+
+class Speed(_Part):
+    seq_len: int
+    throughput_batch: int
+    cpu: CpuSpeed
+    gpu: GpuSpeed | None = None
+    retimed: str | None = Field(None, description="when `harness retime` measured it again")
+
+
+class Params(_Part):
+    total: int
+    non_embedding: int
+
+
+class LossPoint(_Part):
+    step: int
+    loss: float = Field(description="mean weighted loss since the previous point")
+    terms: list[float] | None = Field(None, description="each objective term's mean, in the phase's order")
+
+
+class TeacherCacheInfo(_Part):
+    status: str
+    teacher_forward_examples_cached: int
+    teacher_forward_examples_uncached: int
+
+
+class EpochWeights(_Part):
+    epoch: int
+    mean: list[float] = Field(description="each teacher's mean per-example weight over the epoch")
+
+
+class WeightHistory(_Part):
+    scheme: str
+    per_epoch: list[EpochWeights]
+
+
+class StageStats(_Part):
+    """One training stage: a phase, or one block of a progressive phase."""
+
+    train_examples: int
+    steps: int
+    epochs: float
+    examples_seen: int
+    wall_time_s: float
+    samples_per_s: float
+    world_size: int
+    precision: str
+    attention: str | None = None
+    compiled: bool | None = None
+    teacher_cache: TeacherCacheInfo | None = None
+    loss_history: list[LossPoint]
+    teacher_weighting: WeightHistory | None = None
+    phase: str | None = None
+    block: int | None = None
+    terms: list[str] | None = None
+    cofinetuned: int | None = Field(None, description="teachers fine-tuned jointly (MT-BERT co-finetuning)")
+
+
+class TrainStats(StageStats):
+    """The last (task) phase's stats, which the tables' budget marks read, and every phase's."""
+
+    phases: list[StageStats] | None = None
+
+
+class TeacherEntry(_Part):
+    card: str | None = None
+    stage: str | None = None
+    weight: float
+
+
+class RunRecord(_Part):
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["teacher", "stage", "student"]
+    name: str
+    task: str
+    model: str
+    lineage: list[str]
+    cofinetuned_with: list[str] | None = None
+    teachers: list[TeacherEntry]
+    teacher_weighting: dict[str, str] | None = None
+    terms: list[str]
+    seed: int
+    recipe_hash: str
+    dev: dict[str, dict[str, float]] = Field(description="dev split -> metric -> value (fractions)")
+    score: float = Field(description="the task's headline: the mean of its metrics on its dev split(s)")
+    train: TrainStats
+    params: Params
+    size_bytes: int
+    speed: Speed
+    teacher_speed: Speed | None = Field(None, description="the first teacher's (or assistant's), timed alike")
+    teacher_scores: dict[str, float] | None = Field(None, description="the score of each teacher this run read")
+    checkpoint: str | None = Field(None, description="the trained model in the cache that wrote the record")
+
+    def to_json(self) -> dict:
+        """What ``metrics.json`` holds: the fields that were given (an absent one stays absent rather
+        than becoming null), the schema version always."""
+        return {"schema_version": self.schema_version} | self.model_dump(mode="json", exclude_unset=True)
+
+
+def upgrade(data: dict) -> dict:
+    """A stored record brought to the current schema version (version 1: no ``schema_version`` key)."""
+    version = data["schema_version"] if "schema_version" in data else 1
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"record schema version {version} is newer than this harness reads ({SCHEMA_VERSION})")
+    return data | {"schema_version": SCHEMA_VERSION}
