@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import subprocess
@@ -158,6 +159,8 @@ def cmd_list(args) -> int:
 def cmd_cache(args) -> int:
     from harness import teacher_cache
 
+    if args.action == "verify":
+        return _verify_cache()
     if args.action == "clear":
         print(f"removed {teacher_cache.clear() / 2**20:.1f} MiB of teacher outputs from {teacher_cache.root()}")
         return 0
@@ -170,6 +173,22 @@ def cmd_cache(args) -> int:
     print(f"{len(rows)} cached teacher output sets, {total / 2**20:.1f} MiB in {teacher_cache.root()} "
           f"(cap per set: ${teacher_cache.MAX_GB_ENV}, default {teacher_cache.DEFAULT_MAX_GB:g} GiB)")
     return 0
+
+
+def _verify_cache() -> int:
+    """Every cache entry against its manifest (sizes and SHA-256 of its files); exit 1 if one is damaged."""
+    from harness.integrity import cache_entries, problems
+    from harness.paths import cache_dir
+
+    entries = cache_entries()
+    bad = 0
+    for kind, folder in entries:
+        found = problems(folder)
+        bad += bool(found)
+        print(f"ok  {kind:16s} {folder}" if not found else f"BAD {kind:16s} {folder}: {'; '.join(found)}")
+    print(f"{len(entries) - bad} of {len(entries)} cache entries in {cache_dir()} are intact"
+          + (f"; {bad} damaged (the next run that needs one rebuilds it)" if bad else ""))
+    return 1 if bad else 0
 
 
 def cmd_retime(args) -> int:
@@ -246,8 +265,10 @@ def parser() -> argparse.ArgumentParser:
     add("list", cmd_list, "show registered tasks, objective terms, teacher cards and recipes", cards=True)
     add("retime", cmd_retime, "measure again the speed of every record whose model is in this cache "
                               "(speed taken on a busy machine is skewed; run this on a quiet one)", results=True)
-    ca = add("cache", cmd_cache, "list or clear the cached teacher outputs (logits and features, on disk)")
-    ca.add_argument("action", choices=["ls", "clear"])
+    ca = add("cache", cmd_cache, "ls / clear the cached teacher outputs (logits and features, on disk); verify "
+                                 "every cache entry (teachers, stages, students, teacher outputs, tokenized data) "
+                                 "against its manifest of file sizes and hashes (exit 1 if one is damaged)")
+    ca.add_argument("action", choices=["ls", "clear", "verify"])
     te = add("teachers", cmd_teachers, "list teacher cards, or install their offline checkpoints", cards=True)
     te.add_argument("action", choices=["list", "install"])
     te.add_argument("names", nargs="*", help="cards to install (default: all)")
@@ -265,6 +286,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, GlueDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # records and cache entries are written whole into a temporary folder and renamed: nothing
+        # partial is left to be read, and what was complete before stays as it was
+        print("\ninterrupted: no partial record or cache entry was kept; run the same command to continue",
+              file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror}. Records and cache entries are "
+              "written whole or not at all, so the previous ones are intact; free space (or fix permissions) "
+              "and run the same command again", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

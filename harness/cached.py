@@ -2,12 +2,15 @@
 co-finetuned together, assistant stages.  Each lives in a cache folder named by its resolved spec, with
 its run record inside (``<folder>/record``) and a copy under the results folder.
 
-``cached_run`` is the one place that does this: train into ``<folder>.tmp``, rename it into place (a
-folder without ``record/metrics.json`` is never read as done), copy the record to the results folder.
+``cached_run`` is the one place that does this: under the entry's lock (a second process waits, then
+reuses), train into ``<folder>.tmp``, write its manifest (:mod:`harness.integrity`), rename it into
+place, copy the record to the results folder.  An entry without an intact manifest is never read: it
+is rebuilt with a warning.
 ``finish`` saves and times a trained model; ``summary`` prints a run's one-line result.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -16,6 +19,7 @@ from torch import nn
 
 from harness import bench
 from harness.engine import barrier, is_main
+from harness.integrity import intact, locked, write_manifest
 from harness.models import count_parameters, save_model, weights_size_bytes
 from harness.recipe_parts import SpeedSettings
 from harness.records import read_record
@@ -25,35 +29,45 @@ Entry = tuple[Path, Path]  # (cache folder, record folder under results/runs)
 
 
 def is_done(folder: Path) -> bool:
-    return (folder / "record" / "metrics.json").exists()
+    """A complete, undamaged entry (damage is reported: the caller rebuilds it)."""
+    return (folder / "record" / "metrics.json").exists() and intact(folder, "a cached model")
 
 
 def cached_run(entries: list[Entry], train: Callable[[list[Path]], None]) -> list[RunRecord]:
     """The records of the cached models ``entries`` name, training them first unless every one is
     done.  ``train(tmps)`` runs on every rank; rank 0 writes each model into its ``tmps[i]`` and its
-    record into ``tmps[i] / "record"``.  Models trained together (co-finetuning) share one call."""
-    if not all(is_done(folder) for folder, _ in entries):
-        tmps = [folder.with_name(folder.name + ".tmp") for folder, _ in entries]
+    record into ``tmps[i] / "record"``.  Models trained together (co-finetuning) share one call.
+    Rank 0 holds the entries' lock throughout, so a second process waits and then reuses them."""
+    with locked(entries[0][0], "this model") if is_main() else contextlib.nullcontext():
+        barrier()  # the other ranks wait until rank 0 holds the lock
+        if not all(is_done(folder) for folder, _ in entries):
+            _train_into_place(entries, train)
         if is_main():
-            for tmp in tmps:
-                shutil.rmtree(tmp, ignore_errors=True)
-        train(tmps)
-        if is_main():
-            for tmp, (folder, _) in zip(tmps, entries):
-                shutil.rmtree(folder, ignore_errors=True)
-                tmp.rename(folder)
+            for folder, record_dir in entries:
+                if not (record_dir / "metrics.json").exists():
+                    shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)
         barrier()
-    if is_main():
-        for folder, record_dir in entries:
-            if not (record_dir / "metrics.json").exists():
-                shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)
-    barrier()
     return [read_record(folder / "record") for folder, _ in entries]
 
 
+def _train_into_place(entries: list[Entry], train: Callable[[list[Path]], None]) -> None:
+    tmps = [folder.with_name(folder.name + ".tmp") for folder, _ in entries]
+    if is_main():
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
+    train(tmps)
+    if is_main():
+        for tmp, (folder, _) in zip(tmps, entries):
+            write_manifest(tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+    barrier()
+
+
 def finish(model: nn.Module, tok, out_dir: Path, speed: SpeedSettings) -> dict:
-    """Save the trained model (fp32 safetensors) and time it; rank 0 only.  Returns the record's
-    ``params``, ``size_bytes`` and ``speed``."""
+    """Save the trained model (fp32 safetensors) into a fresh ``out_dir`` and time it; rank 0 only.
+    Returns the record's ``params``, ``size_bytes`` and ``speed``."""
+    shutil.rmtree(out_dir, ignore_errors=True)  # nothing left from an interrupted run
     save_model(model, tok, out_dir)
     return {"params": count_parameters(model), "size_bytes": weights_size_bytes(out_dir),
             "speed": bench.measure(model, speed.seq_len, speed.throughput_batch, speed.iters)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 from pathlib import Path
 
 import datasets
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from harness.engine import rank0_first
+from harness.integrity import intact, locked, write_manifest
 from harness.paths import cache_dir
 from harness.recipe_parts import Training
 from harness.tasks import Task, load_split
@@ -40,23 +42,35 @@ def _content_key(ds: datasets.Dataset, tokenizer, max_length: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _cached_map(ds: datasets.Dataset, encode, folder: Path, remove: list[str], desc: str) -> datasets.Dataset:
+    """``ds.map(encode)`` stored once as ``<folder>/data.arrow`` with a manifest; an entry that is
+    damaged or was left half-written is encoded again (with a warning), never read."""
+    with locked(folder, "tokenized data"):
+        fresh = not intact(folder, "tokenized data")
+        if fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        out = ds.map(encode, batched=True, cache_file_name=str(folder / "data.arrow"), load_from_cache_file=not fresh,
+                     remove_columns=remove, desc=desc)
+        if fresh:
+            write_manifest(folder)
+    return out
+
+
 def tokenize(task: Task, split: str, tokenizer, max_length: int, glue_dir: Path | None,
              cap: int | None = None) -> datasets.Dataset:
     """Load a split, cap it, and tokenize it once; later calls reuse the Arrow file in the cache."""
     ds = cap_examples(load_split(task, split, glue_dir), cap)
     pair = "text_b" in ds.column_names
     key = _content_key(ds, tokenizer, max_length)
-    out = cache_dir() / "tokenized" / task.name / f"{split}-{key}.arrow"
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     def encode(rows):
         enc = tokenizer(rows["text_a"], rows["text_b"] if pair else None, truncation=True, max_length=max_length)
         enc["length"] = [len(x) for x in enc["input_ids"]]
         return enc
 
-    return ds.map(encode, batched=True, cache_file_name=str(out), load_from_cache_file=True,
-                  remove_columns=[c for c in ds.column_names if c.startswith("text_")],
-                  desc=f"tokenizing {task.display} {split}")
+    return _cached_map(ds, encode, cache_dir() / "tokenized" / task.name / f"{split}-{key}",
+                       [c for c in ds.column_names if c.startswith("text_")], f"tokenizing {task.display} {split}")
 
 
 def tokenize_task(task: Task, tok, training: Training, glue_dir: Path | None):
@@ -82,16 +96,14 @@ def tokenize_corpus(lines: list[str], tokenizer, max_length: int, cap: int | Non
     """Tokenize a corpus (one example per line), cached by content like the task data."""
     ds = cap_examples(datasets.Dataset.from_dict({"idx": list(range(len(lines))), "text_a": lines}), cap)
     key = _content_key(ds, tokenizer, max_length)
-    out = cache_dir() / "tokenized" / "corpus" / f"{key}.arrow"
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     def encode(rows):
         enc = tokenizer(rows["text_a"], truncation=True, max_length=max_length, return_special_tokens_mask=False)
         enc["length"] = [len(x) for x in enc["input_ids"]]
         return enc
 
-    return ds.map(encode, batched=True, cache_file_name=str(out), load_from_cache_file=True,
-                  remove_columns=["text_a"], desc=f"tokenizing corpus ({len(ds)} lines)")
+    return _cached_map(ds, encode, cache_dir() / "tokenized" / "corpus" / key, ["text_a"],
+                       f"tokenizing corpus ({len(ds)} lines)")
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:

@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import platform
+import shutil
 import subprocess
 import sys
 from functools import lru_cache
@@ -71,18 +72,26 @@ def env_info(repo: Path) -> dict:
 
 
 def write_record(folder: Path, resolved: dict, record: RunRecord, predictions: dict[str, list], env: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    pred_dir = folder / "predictions"
-    pred_dir.mkdir(exist_ok=True)
+    """Write a record folder whole or not at all: into ``<folder>.tmp``, then swapped into place, so an
+    interruption (Ctrl-C, a full disk) leaves the previous record as it was and never a partial one."""
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    pred_dir = tmp / "predictions"
+    pred_dir.mkdir()
     for split, rows in predictions.items():
         with open(pred_dir / f"{split}.tsv", "w", newline="") as f:
             w = csv.writer(f, delimiter="\t", lineterminator="\n")
             w.writerow(["index", "prediction", "label"])
             w.writerows(rows)
-    (folder / "env.json").write_text(json.dumps(env, indent=2) + "\n")
-    # metrics.json last: its presence marks a complete record
-    (folder / "metrics.json").write_text(json.dumps(record.to_json(), indent=2) + "\n")
+    (tmp / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    (tmp / "metrics.json").write_text(json.dumps(record.to_json(), indent=2) + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_record(folder: Path) -> RunRecord:
@@ -129,7 +138,9 @@ def matches_predictions(folder: Path) -> bool:
 
 
 def record_folders(results_dir: Path) -> list[Path]:
-    return sorted(f.parent for f in (results_dir / "runs").rglob("metrics.json"))
+    """Every complete record (not one being written: ``.tmp``, or being replaced: ``.old``)."""
+    return sorted(f.parent for f in (results_dir / "runs").rglob("metrics.json")
+                  if f.parent.suffix not in (".tmp", ".old"))
 
 
 def load_records(results_dir: Path) -> list[tuple[Path, RunRecord]]:

@@ -4,7 +4,7 @@ Every rank runs this same code; rank 0 alone writes files, and barriers keep the
 """
 from __future__ import annotations
 
-import shutil
+import contextlib
 from pathlib import Path
 
 from harness.cached import cached_run, finish, summary
@@ -12,6 +12,7 @@ from harness.data import tokenize_task
 from harness.distill import Teacher
 from harness.engine import barrier, is_main
 from harness.evaluate import evaluate
+from harness.integrity import intact, locked, write_manifest
 from harness.metrics import task_headline
 from harness.models import build_student, load_classifier, load_tokenizer, tokenizer_id
 from harness.options import Options
@@ -29,10 +30,15 @@ def run_recipe(plan: RunPlan, opts: Options) -> list[dict]:
     trained = []
     for seed in plan.recipe.training.seeds:
         out = opts.results_dir / "runs" / plan.name / f"seed{seed}"
-        if not _needs_run(plan, seed, out, opts):
-            continue
-        ckpt = cache_dir() / "students" / plan.name / f"seed{seed}-{plan.hash(seed)}"
-        trained += train_and_record(plan, seed, opts, ckpt, out)
+        # one process at a time per record: a second one waits, then finds the record and skips
+        with locked(out, f"{plan.name} seed {seed}") if is_main() else contextlib.nullcontext():
+            barrier()
+            if _needs_run(plan, seed, out, opts):
+                ckpt = cache_dir() / "students" / plan.name / f"seed{seed}-{plan.hash(seed)}"
+                trained += train_and_record(plan, seed, opts, ckpt, out)
+                if is_main():  # last: a student without it is not reused (it is trained again)
+                    write_manifest(ckpt)
+            barrier()
     return trained
 
 
@@ -42,7 +48,7 @@ def _needs_run(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
     if not (out / "metrics.json").exists() or opts.force:
         return True
     old, rhash = read_record(out), plan.hash(seed)
-    if old.recipe_hash == rhash and old.checkpoint is not None and Path(old.checkpoint).exists():
+    if old.recipe_hash == rhash and old.checkpoint is not None and intact(Path(old.checkpoint), "a trained student"):
         if is_main():
             print(f"[{plan.name} seed {seed}] skipped: record exists ({out}); --force to rerun", flush=True)
         return False
@@ -91,9 +97,8 @@ def train_and_record(plan: RunPlan, seed: int, opts: Options, ckpt: Path, out: P
     if len(phase_stats) > 1:
         stats["phases"] = phase_stats
     if is_main():
-        record = student_record(plan, seed, label, ready, dev, stats, finish(student, tok, ckpt, plan.recipe.speed),
-                                checkpoint or ckpt)
-        shutil.rmtree(out, ignore_errors=True)
+        finished = finish(student, tok, ckpt, plan.recipe.speed)
+        record = student_record(plan, seed, label, ready, dev, stats, finished, checkpoint or ckpt)
         write_record(out, plan.resolved(seed), record, preds, env_info(REPO_ROOT))
         summary(record, shown or out)
         trained += stats["phases"] if "phases" in stats else [stats]

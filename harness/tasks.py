@@ -70,6 +70,9 @@ class Task:
 
 
 _BINARY = ("0", "1")
+# What GLUE writes where a row has no gold label (MNLI: no annotator consensus): such rows are dropped,
+# as GLUE itself drops them; any other label a task does not know is an error naming the line.
+NO_LABEL = ("-", "")
 _ENTAILMENT2 = ("entailment", "not_entailment")
 
 TASKS: Registry[Task] = Registry("task")
@@ -196,8 +199,13 @@ def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
                 raw = row[label_pos].strip()
                 if label_ids is None:
                     label = _parse_score(raw, path, reader.line_num)
+                elif raw in label_ids:
+                    label = label_ids[raw]
+                elif raw in NO_LABEL:
+                    label = None
                 else:
-                    label = label_ids.get(raw)
+                    raise GlueDataError(f"{path}, line {reader.line_num}: label {raw!r} is not one of "
+                                        f"{', '.join(task.labels)} (nor a no-consensus mark: {', '.join(map(repr, NO_LABEL))})")
                 if label is None:
                     dropped[raw] = dropped.get(raw, 0) + 1
                     continue
@@ -219,7 +227,7 @@ def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
 def _column(header: list[str] | tuple[str, ...], key: str, path: Path) -> int:
     names = [h.strip() for h in header]
     if key not in names:
-        raise GlueDataError(f"{path}: no column {key!r} in header {names}")
+        raise GlueDataError(f"{path}, line 1: no column {key!r} in header {names}")
     return names.index(key)
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.features import Features, Need, forward_features
+from harness.integrity import MANIFEST, intact, locked, write_manifest
 from harness.paths import cache_dir
 
 MAX_GB_ENV = "KD_HARNESS_TEACHER_CACHE_MAX_GB"
@@ -170,6 +171,7 @@ def _build(model: nn.Module, ds, need: Need, collate, folder: Path, batch_size: 
     np.save(tmp / "offsets.npy", offsets)
     (tmp / "meta.json").write_text(json.dumps({"stored": names, "hidden": hidden, "dtype": suffix, "examples": len(ds),
                                                "created": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+    write_manifest(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -184,9 +186,12 @@ def prepare(model: nn.Module, source: Path, ds, need: Need, collate, device: tor
     if size > cap:
         return None, f"off: would take {size / 2**30:.1f} GiB > cap {cap / 2**30:.1f} GiB ({MAX_GB_ENV})"
     folder = root() / cache_key(source, ds, need, dtype)
-    how = "hit" if (folder / "meta.json").exists() else "built"
-    if how == "built" and is_main:
-        _build(model, ds, need, collate, folder, batch_size, device, dtype, desc=f"caching {label} outputs")
+    how = "hit" if (folder / MANIFEST).exists() else "built"
+    if is_main:  # under the set's lock: another process building it is waited for, then read
+        with locked(folder, f"{label}'s cached outputs"):
+            if not intact(folder, f"{label}'s cached outputs"):
+                how = "built"
+                _build(model, ds, need, collate, folder, batch_size, device, dtype, desc=f"caching {label} outputs")
     barrier()
     return CachedTeacher(folder, model, model.config.num_attention_heads, model.config.num_hidden_layers), how
 

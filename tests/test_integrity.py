@@ -1,0 +1,175 @@
+"""Nothing lost, nothing half-read: cache entries carry manifests and damaged ones are rebuilt, two
+processes on overlapping recipes train each teacher once and write whole records, records are written
+whole or not at all, and bad input or a full disk gives one clear message."""
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REAL_GLUE, REPO, harness_cli, needs_glue, run_record
+from harness.integrity import problems, write_manifest
+from harness.records import read_record, record_folders, write_record
+
+KD = """\
+student: {init: teacher_layers, layers: [0, 2]}
+objective:
+  - {term: hinton_kd, temperature: 2.0, alpha: 0.5}
+training: {epochs: 1, batch_size: 16, lr: 1.0e-3, max_length: 48, max_train_examples: 96}
+speed: {seq_len: 32, throughput_batch: 4, iters: 2}
+"""
+
+
+def recipe(tmp: Path, name: str, card: Path) -> Path:
+    p = tmp / f"{name}.yaml"
+    p.write_text(f"name: {name}\ntask: sst2\nteachers:\n  - card: {card}\n{KD}")
+    return p
+
+
+def test_manifest_notices_every_kind_of_damage(tmp_path):
+    entry = tmp_path / "entry"
+    (entry / "sub").mkdir(parents=True)
+    (entry / "a.bin").write_bytes(b"abcdef")
+    (entry / "sub" / "b.txt").write_text("hello")
+    assert problems(entry) == ["no manifest (incomplete, or written before manifests existed)"]
+    write_manifest(entry)
+    assert problems(entry) == []
+    (entry / "a.bin").write_bytes(b"abcdeX")  # same size, other bytes
+    assert problems(entry) == ["a.bin: contents differ from the manifest (sha256)"]
+    (entry / "a.bin").write_bytes(b"abc")  # truncated
+    assert problems(entry) == ["a.bin: 3 bytes, manifest says 6"]
+    (entry / "a.bin").unlink()
+    (entry / "stray").write_text("x")
+    assert problems(entry) == ["a.bin: missing", "stray: not in the manifest"]
+
+
+def test_record_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    folder = tmp_path / "runs" / "r" / "seed1"
+    write_record(folder, {"a": 1}, run_record(score=0.25), {"dev": [[0, 1, 1]]}, {"device": "cpu"})
+    real = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        if self.name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        write_record(folder, {"a": 2}, run_record(score=0.75), {"dev": [[0, 0, 1]]}, {"device": "cpu"})
+    monkeypatch.undo()
+    assert read_record(folder).score == 0.25  # the previous record, intact
+    assert record_folders(tmp_path) == [folder]  # the half-written one is not a record
+    write_record(folder, {"a": 3}, run_record(score=0.5), {"dev": [[0, 1, 1]]}, {"device": "cpu"})
+    assert read_record(folder).score == 0.5 and not folder.with_name("seed1.tmp").exists()
+
+
+@pytest.mark.parametrize("error, code, says", [
+    (OSError(errno.ENOSPC, "No space left on device", "/x/metrics.json"), 3,
+     "cannot write /x/metrics.json: No space left on device. Records and cache entries are written whole"),
+    (KeyboardInterrupt(), 130, "interrupted: no partial record or cache entry was kept"),
+])
+def test_full_disk_and_ctrl_c_end_with_one_message(monkeypatch, capsys, error, code, says):
+    import harness.results
+    from harness.__main__ import main
+
+    def fail(results_dir):
+        raise error
+
+    monkeypatch.setattr(harness.results, "build_tables", fail)
+    assert main(["tables"]) == code
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, says", [
+    ("sentence\tlabel\nfine\t1\nodd\tpositive\n", r"dev.tsv, line 3: label 'positive' is not one of 0, 1"),
+    ("sentence\tlabl\nfine\t1\n", r"dev.tsv, line 1: no column 'label'"),
+    ("sentence\tlabel\nfine\t1\ncut off\n", r"dev.tsv, line 3: expected 2 tab-separated columns, found 1"),
+])
+def test_bad_glue_file_names_file_and_line(tmp_path, text, says):
+    from harness.tasks import GlueDataError, load_split
+
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_text(text)
+    with pytest.raises(GlueDataError, match=says):
+        load_split("sst2", "dev", tmp_path)
+
+
+def _entry_file(cache: Path, pattern: str) -> Path:
+    """The newest match: the student's own entry (the teacher's tokenization, say, was written first)."""
+    found = [p for p in cache.glob(pattern) if p.is_file()]
+    assert found, pattern
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+@needs_glue
+@pytest.mark.slow
+def test_damaged_cache_entries_are_rebuilt_and_reported(tmp_path, tiny_card):
+    env = {"KD_HARNESS_CACHE": str(tmp_path / "cache")}
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    args = ("run", str(recipe(tmp_path, "dmg", tiny_card)), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
+    first = harness_cli(*args, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ok = harness_cli("cache", "verify", env=env)
+    assert ok.returncode == 0 and "BAD" not in ok.stdout, ok.stdout
+    # round 1: what a run reads without retraining its teacher
+    kinds = {"a trained student": "students/**/model.safetensors", "cached outputs": "teacher_outputs/*/logits.npy",
+             "tokenized data": "tokenized/sst2/train-*/data.arrow"}
+    _damage_and_rerun(cache, args, env, kinds)
+    # round 2: the teacher (a rerun reads it only when its student is trained again)
+    _damage_and_rerun(cache, args + ("--force",), env, {"a cached model": "teachers/*/*/*/model.safetensors"})
+    assert harness_cli("verify", "--results-dir", str(results)).returncode == 0
+
+
+def _damage_and_rerun(cache: Path, args: tuple, env: dict, kinds: dict) -> None:
+    for pattern in kinds.values():
+        f = _entry_file(cache, pattern)
+        data = bytearray(f.read_bytes())
+        data[-1] ^= 0xFF  # one flipped byte: same size, other contents
+        f.write_bytes(bytes(data))
+    bad = harness_cli("cache", "verify", env=env)
+    assert bad.returncode == 1 and bad.stdout.count("BAD") == len(kinds), bad.stdout
+    again = harness_cli(*args, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    for what in kinds:
+        assert f"{what} in" in out and "is damaged" in out, (what, out[-3000:])
+    fixed = harness_cli("cache", "verify", env=env)
+    assert fixed.returncode == 0, fixed.stdout
+
+
+@needs_glue
+@pytest.mark.slow
+def test_two_processes_on_overlapping_recipes_train_one_teacher(tmp_path, tiny_card):
+    env_extra = {"KD_HARNESS_CACHE": str(tmp_path / "cache")}
+    results = tmp_path / "results"
+    a, b = recipe(tmp_path, "pa", tiny_card), recipe(tmp_path, "pb", tiny_card)  # one teacher, two students
+    procs = []
+    for recipes in ([a, b], [b, a]):
+        cmd = [sys.executable, "-m", "harness", "run", *map(str, recipes), "--results-dir", str(results),
+               "--glue-dir", REAL_GLUE, "--no-tables"]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env=_env(env_extra)))
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    log = "\n".join(outs)
+    assert log.count("score") >= 3  # one teacher and two students trained, none twice
+    assert log.count("[teacher/tiny-bert seed") == 1, log[-4000:]
+    for name in ("pa", "pb"):
+        assert log.count(f"[{name} seed 42] sst2 score") == 1, log[-4000:]
+    assert "waiting: another harness process is building" in log
+    teachers = list((results / "runs" / "teachers").rglob("metrics.json"))
+    assert len(teachers) == 1
+    ver = harness_cli("verify", "--results-dir", str(results))
+    assert ver.returncode == 0 and "3 of 3 records" in ver.stdout, ver.stdout
+
+
+def _env(extra: dict) -> dict:
+    import os
+
+    dist_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE"}
+    return {k: v for k, v in os.environ.items() if k not in dist_vars} | {"PYTHONPATH": str(REPO)} | extra
