@@ -68,7 +68,8 @@ def cmd_run(args) -> int:
     from harness.tasks import resolve_glue_dir
 
     opts = Options(results_dir=args.results_dir, glue_dir=resolve_glue_dir(args.glue_dir),
-                   teachers_dir=args.teachers_dir, force=args.force, teacher_cache=not args.no_teacher_cache)
+                   teachers_dir=args.teachers_dir, force=args.force, teacher_cache=not args.no_teacher_cache,
+                   checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints)
     engine.init_distributed()
     stages = []
     for plan in plans:
@@ -238,6 +239,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--hostfile", type=Path, default=None, help="DeepSpeed hostfile for several machines")
     r.add_argument("--master-port", type=int, default=29533, help="rendezvous port for the launcher")
     r.add_argument("--no-tables", action="store_true", help="do not rebuild the tables at the end")
+    r.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS",
+                   help="save each training stage every STEPS optimiser steps and at each epoch end; an "
+                        "interrupted run resumes from its latest checkpoint when run again (default: 200)")
+    r.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep a run's checkpoints (in $KD_HARNESS_CACHE/checkpoints) once it has finished")
     r.add_argument("--no-teacher-cache", action="store_true",
                    help="run the teachers every step instead of reading their outputs from the on-disk cache")
 

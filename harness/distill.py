@@ -22,6 +22,7 @@ from harness.engine import MODEL_INPUTS, LrScale, device, initialize, model_dtyp
 from harness.features import Need, forward_features, mixed_forward
 from harness.losses import Batch, Term
 from harness.recipe_parts import DeepSpeedSettings, Training
+from harness.resume import StageCheckpoint, set_rng_state
 from harness.teacher_feed import Teacher, TeacherFeed
 from harness.weighting import WeightingSpec, teacher_weights
 
@@ -66,7 +67,8 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
                 pad_id: int, seed: int, desc: str, mask_tokens: Callable | None = None,
                 lr_scale: LrScale | None = None, cache_teachers: bool = True,
                 weighting: WeightingSpec = WeightingSpec(),
-                teacher_needs: list[Need] | None = None) -> tuple[nn.Module, dict]:
+                teacher_needs: list[Need] | None = None,
+                checkpoint: StageCheckpoint | None = None) -> tuple[nn.Module, dict]:
     """Train ``student`` on ``train_ds`` with the weighted ``terms``; returns (engine, stats).
 
     ``mask_tokens(input_ids) -> (input_ids, mlm_labels)`` turns a step into masked-LM data (a corpus
@@ -74,7 +76,8 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     ``cache_teachers`` reads teacher outputs from the on-disk cache (see :mod:`harness.teacher_cache`);
     ``weighting`` turns the teachers' static weights into per-example ones (see :mod:`harness.weighting`);
     ``teacher_needs`` widens what each teacher exposes (and caches), so that the stages of a progressive
-    phase, each reading one block, share one cache.
+    phase, each reading one block, share one cache; ``checkpoint`` saves the stage as it goes and
+    resumes it from there (:mod:`harness.resume`).
     """
     dev = device()
     torch.manual_seed(seed)
@@ -96,7 +99,7 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     feed.use_cache(list(module.terms), off, training.eval_batch_size, dtype, dev, world()[0] == 0)
     loop = StageLoop(engine, feed, train_ds, collate, training, settings.gradient_accumulation_steps, seed,
                      mask_tokens, dtype)
-    loop.run(total, desc)
+    loop.run(total, desc, checkpoint)
     stats = loop.stats(student, weighting)
     return engine, stats
 
@@ -118,20 +121,34 @@ class StageLoop:
         self.weights_sum, self.weights_n = torch.zeros(max(1, n_teachers), device=self.dev), 0
         self.history, self.weight_history = [], []
         self.step, self.seen, self.epoch, self.total, self.wall = 0, 0, 0, 0, 0.0
+        self.epoch_start, self.finished = 0, False  # the step the current epoch began at; resumed finished
 
-    def run(self, total: int, desc: str) -> None:
+    def run(self, total: int, desc: str, ckpt: StageCheckpoint | None = None) -> None:
+        """Train to ``total`` optimiser steps; with ``ckpt``, first resume from its latest checkpoint
+        (a finished stage just gets its final weights back) and save as it goes."""
+        self.total = total
+        self.engine.train()
+        skip, rng = self.restore(ckpt, desc) if ckpt is not None else (0, None)
+        if self.finished or (rng is not None and not skip):
+            set_rng_state(rng)  # at an epoch boundary: the next epoch's loader draws from it as it did
+        if self.finished:
+            return
         rank, world_size = world()
         lengths = np.asarray(self.ds["length"])
         workers = self.training.loader_workers if self.training.loader_workers is not None else \
             (0 if self.dev.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) // 2)))
-        self.total = total
-        self.engine.train()
-        bar = tqdm(total=total, desc=desc, disable=rank != 0, unit="step", dynamic_ncols=True)
-        start = time.perf_counter()
+        bar = tqdm(total=total, initial=self.step, desc=desc, disable=rank != 0, unit="step", dynamic_ncols=True)
+        start = time.perf_counter() - self.wall  # a resumed stage's wall time includes its earlier part
         while self.step < total:
-            gbatches = length_grouped_batches(lengths, self.training.batch_size, self.seed, self.epoch)[:total - self.step]
+            gbatches = length_grouped_batches(lengths, self.training.batch_size, self.seed, self.epoch)
+            gbatches = gbatches[:total - self.epoch_start][skip:]  # a resumed epoch skips what it did
             micro = [m for g in gbatches for m in np.array_split(rank_shard(g, rank, world_size), self.ga)]
             batches = iter(loader(micro, self.ds, self.collate, self.feed.own_data, workers, pin=self.dev.type == "cuda"))
+            if rng is not None and skip:
+                # mid-epoch: the RNG was saved after this epoch's loader had drawn its seed from it, so
+                # it is set after the loader is made again (which draws once more)
+                set_rng_state(rng)
+            rng, skip = None, 0
             for gbatch in gbatches:
                 for _ in range(self.ga):
                     self.micro_step(*next(batches))
@@ -140,10 +157,45 @@ class StageLoop:
                 bar.update(1)
                 if self.step % self.training.log_every == 0 or self.step == total:
                     bar.set_postfix(loss=f"{self.log():.4f}")
+                if ckpt is not None and self.step % ckpt.every == 0 and self.step < total:
+                    self.save(ckpt, start, desc)
             self.end_epoch()
+            if ckpt is not None and self.step < total:
+                self.save(ckpt, start, desc)
         get_accelerator().synchronize()
         self.wall = time.perf_counter() - start
         bar.close()
+        if ckpt is not None:
+            self.save(ckpt, start, desc, done=True)
+
+    _POSITION = ("step", "seen", "epoch", "epoch_start", "history", "weight_history", "weights_n")
+    _SUMS = ("loss_sum", "parts_sum", "weights_sum")
+
+    def save(self, ckpt: StageCheckpoint, start: float, desc: str, done: bool = False) -> None:
+        if not done:
+            self.wall = time.perf_counter() - start
+        state = {k: getattr(self, k) for k in self._POSITION} | {k: getattr(self, k).clone() for k in self._SUMS}
+        ckpt.save(self.engine, "final" if done else f"step{self.step}", state | {"wall": self.wall}, done)
+        if world()[0] == 0 and not done:
+            print(f"[{desc}] checkpoint at step {self.step} of {self.total} ({ckpt.folder})", flush=True)
+
+    def restore(self, ckpt: StageCheckpoint, desc: str) -> tuple[int, dict | None]:
+        """Resume from ``ckpt``'s latest checkpoint; returns the global batches of the current epoch
+        already done (to skip) and the RNG states to set."""
+        latest = ckpt.latest()
+        if latest is None:
+            return 0, None
+        state, rng = ckpt.load(self.engine, latest["tag"], weights_only=latest["done"])
+        for k in self._POSITION:
+            setattr(self, k, state[k])
+        for k in self._SUMS:
+            getattr(self, k).copy_(state[k])
+        self.wall, self.finished = state["wall"], latest["done"]
+        if world()[0] == 0:
+            print(f"[{desc}] " + ("trained before it was interrupted: its final weights restored" if self.finished
+                                  else f"resuming from step {self.step} of {self.total}") + f" ({ckpt.folder})",
+                  flush=True)
+        return self.step - self.epoch_start, rng
 
     def micro_step(self, micro, batch: dict, own: list) -> None:
         if self.mask_tokens is not None:  # the teacher sees the same masked text as the student
@@ -178,6 +230,7 @@ class StageLoop:
             self.weights_sum.zero_()
             self.weights_n = 0
         self.epoch += 1
+        self.epoch_start = self.step  # so that a checkpoint taken now resumes at the next epoch
 
     def stats(self, student: nn.Module, weighting: WeightingSpec) -> dict:
         """What the record's ``train`` section holds for this stage."""

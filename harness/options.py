@@ -12,3 +12,5 @@ class Options:
     teachers_dir: Path | None = None  # teacher cards; None: teachers/ of the checkout
     force: bool = False  # rerun even when a record of the same resolved recipe exists
     teacher_cache: bool = True  # read teacher outputs from the on-disk cache
+    checkpoint_every: int = 200  # optimiser steps between checkpoints of a training stage (and each epoch end)
+    keep_checkpoints: bool = False  # keep a run's checkpoints once its model and record are written

@@ -24,16 +24,19 @@ from harness.models import encoder_layers, load_classifier
 from harness.options import Options
 from harness.recipe_parts import Corpus, DeepSpeedSettings, Phase, Progressive, Training
 from harness.resolved import RunPlan
+from harness.resume import Checkpoints
 from harness.tasks import Task, get_task
 from harness.weighting import WeightingSpec
 
 
 def train_and_evaluate(model, tok, teachers: list[Teacher], terms, task: Task, training: Training,
-                       settings: DeepSpeedSettings, seed: int, label: str, glue_dir: Path | None):
+                       settings: DeepSpeedSettings, seed: int, label: str, glue_dir: Path | None,
+                       checkpoints: Checkpoints | None = None):
     """One task phase then dev evaluation (teacher fine-tuning uses this)."""
     train_ds, devs = tokenize_task(task, tok, training, glue_dir)
     engine, stats = train_stage(model, teachers, terms, train_ds, task.is_regression, training, settings,
-                                tok.pad_token_id, seed, desc=f"train {label} on {task.display}")
+                                tok.pad_token_id, seed, desc=f"train {label} on {task.display}",
+                                checkpoint=checkpoints.stage(0) if checkpoints else None)
     student = engine.module.student
     preds, dev_metrics = evaluate(student, tok, devs, task, training, label)
     if settings.zero_stage == 3:
@@ -59,9 +62,11 @@ def progressive_scale(block: int, spec: Progressive):
     return scale
 
 
-def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int, label: str, opts: Options):
-    """Run the plan's phases in order on one student; returns (student, per-phase stats)."""
-    stats = []
+def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int, label: str, opts: Options,
+                 checkpoints: Checkpoints | None = None):
+    """Run the plan's phases in order on one student; returns (student, per-phase stats).  Each stage
+    (a phase, or a block of a progressive one) saves to and resumes from ``checkpoints``."""
+    stats, index = [], 0
     for where, phase in plan.recipe.named_phases():
         training = plan.recipe.phase_training(phase)
         teachers, train_ds, mask_tokens = _phase_inputs(plan, phase, tok, finetuned, training, opts)
@@ -86,7 +91,9 @@ def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int,
                                  "student's tokenizer (see `harness validate`)")
             engine, st = train_stage(model, teachers, terms, train_ds, plan.task.is_regression, training,
                                      plan.recipe.deepspeed, tok.pad_token_id, seed, desc, mask_tokens, lr_scale,
-                                     opts.teacher_cache, weighting, phase_needs if block is not None else None)
+                                     opts.teacher_cache, weighting, phase_needs if block is not None else None,
+                                     checkpoints.stage(index) if checkpoints else None)
+            index += 1
             model = engine.module.student
             if plan.recipe.deepspeed.zero_stage == 3:  # a plain full model for the next stage and for saving
                 model = gather_zero3(model).to(device())

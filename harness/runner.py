@@ -18,6 +18,7 @@ from harness.models import build_student, load_classifier, load_tokenizer, token
 from harness.options import Options
 from harness.paths import REPO_ROOT, cache_dir
 from harness.phases import train_phases
+from harness.resume import Checkpoints
 from harness.records import env_info, git_state, read_record, write_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
@@ -89,7 +90,8 @@ def train_and_record(plan: RunPlan, seed: int, opts: Options, ckpt: Path, out: P
         t_tok = load_tokenizer(r.folder)
         if tokenizer_id(t_tok) != tokenizer_id(tok):  # it reads the text through its own tokenizer
             t.tokenizer = t_tok
-    student, phase_stats = train_phases(plan, model, tok, teachers, seed, label, opts)
+    checkpoints = Checkpoints.for_run(checkpoint or ckpt, opts.checkpoint_every)
+    student, phase_stats = train_phases(plan, model, tok, teachers, seed, label, opts, checkpoints)
     last_training = plan.recipe.phase_training(plan.recipe.named_phases()[-1][1])
     _, devs = tokenize_task(task, tok, last_training, opts.glue_dir)
     preds, dev = evaluate(student, tok, devs, task, last_training, label)
@@ -103,6 +105,8 @@ def train_and_record(plan: RunPlan, seed: int, opts: Options, ckpt: Path, out: P
         summary(record, shown or out)
         trained += stats["phases"] if "phases" in stats else [stats]
     barrier()
+    if not opts.keep_checkpoints:
+        checkpoints.clear()
     return trained
 
 

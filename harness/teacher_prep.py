@@ -22,6 +22,7 @@ from harness.options import Options
 from harness.paths import REPO_ROOT, cache_dir
 from harness.phases import train_and_evaluate
 from harness.recipe_parts import DeepSpeedSettings, SpeedSettings
+from harness.resume import Checkpoints
 from harness.records import env_info, read_record, write_record
 from harness.resolved import ResolvedTeacher, RunPlan
 from harness.run_record import RunRecord, Speed
@@ -53,9 +54,10 @@ def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
         resolved = {"kind": "teacher", "card": card.model_dump(mode="json"), "task": task,
                     "finetune": settings.model_dump(mode="json"), "deepspeed": DeepSpeedSettings().model_dump()}
         ce = TERMS.get("ce")
+        checkpoints = Checkpoints.for_run(folder, opts.checkpoint_every)
         trained, stats, preds, dev = train_and_evaluate(
             model, tok, [], [(ce(ce.Params()), 1.0)], task_, settings, DeepSpeedSettings(), settings.seed,
-            f"teacher {card.name}", opts.glue_dir)
+            f"teacher {card.name}", opts.glue_dir, checkpoints)
         if is_main():
             record = RunRecord.model_validate({
                 "kind": "teacher", "name": f"teacher/{card.name}", "task": task, "model": card.name,
@@ -65,6 +67,8 @@ def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
             write_record(tmps[0] / "record", resolved, record, preds, env_info(REPO_ROOT))
             summary(record, record_dir)
             warn_if_differs(record_dir, record)
+        if not opts.keep_checkpoints:
+            checkpoints.clear()
 
     record = cached_run([(folder, record_dir)], train)[0]
     return ReadyTeacher(folder, card.name, [card.name], record.speed, record.score)

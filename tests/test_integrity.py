@@ -173,3 +173,34 @@ def _env(extra: dict) -> dict:
 
     dist_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE"}
     return {k: v for k, v in os.environ.items() if k not in dist_vars} | {"PYTHONPATH": str(REPO)} | extra
+
+
+BF16 = """\
+student: {init: teacher_layers, layers: [0, 2]}
+objective:
+  - {term: hinton_kd, temperature: 2.0, alpha: 0.5}
+  - {term: hidden_mse, layer_map: [1, 3]}
+training: {epochs: 1, batch_size: 16, lr: 1.0e-3, max_length: 48, max_train_examples: 96}
+deepspeed: {precision: bf16}
+speed: {seq_len: 32, throughput_batch: 4, iters: 2}
+"""
+
+
+@needs_glue
+@pytest.mark.slow
+def test_bf16_path_runs_on_cpu(tmp_path, tiny_card):
+    """The bf16 path without a GPU: DeepSpeed's bf16 config on its CPU accelerator, bf16 weights and
+    autocast in the stage, and the teacher-output cache storing bf16 features, so dtype bugs show up
+    before a GPU sees them."""
+    p = tmp_path / "bf16.yaml"
+    p.write_text(f"name: bf16\ntask: sst2\nteachers:\n  - card: {tiny_card}\n{BF16}")
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    res = harness_cli("run", str(p), "--results-dir", str(results), "--glue-dir", REAL_GLUE,
+                      env={"KD_HARNESS_CACHE": str(cache)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((results / "runs" / "bf16" / "seed42" / "metrics.json").read_text())
+    assert m["train"]["precision"] == "bfloat16"
+    assert all(h["loss"] == h["loss"] for h in m["train"]["loss_history"])  # no NaN
+    stored = [f.suffix for f in cache.glob("teacher_outputs/*/*") if f.suffix not in (".npy", ".json")]
+    assert stored and set(stored) == {".bf16"}, stored
+    assert harness_cli("verify", "--results-dir", str(results)).returncode == 0
