@@ -2,13 +2,18 @@
 
 The nanoGPT bench pattern: warm up, synchronise, time.  Inputs are random token ids of exactly
 ``seq_len`` tokens (no padding), so the figure depends on the architecture only, not on data.
-CPU figures are always taken (fp32, the threads torch is given); GPU figures too when one is present
-(bf16 autocast where supported, fp32 otherwise).
+CPU figures are always taken in fp32 (the threads torch is given), in bf16 autocast too on a CPU that
+computes bf16 natively, and with int8 dynamic quantization of the linear layers (``torch.ao``) where
+it runs on the model; GPU figures too when one is present (bf16 autocast where supported, fp32
+otherwise).  All of a record's figures are taken in one sitting, so their ratios are comparable even
+on a busy machine; absolute figures move with the machine's load (``harness retime`` takes them again).
 """
 from __future__ import annotations
 
+import copy
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,6 +21,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from harness.paths import cache_dir
+from harness.precision import cpu_has_native_bf16
 from harness.records import read_record, record_folders, rewrite_record
 from harness.run_record import Speed
 
@@ -40,20 +46,37 @@ def _timeit(model: nn.Module, batch: int, seq_len: int, vocab: int, dev: torch.d
     return times[len(times) // 2]
 
 
+def _cpu(model: nn.Module, seq_len: int, throughput_batch: int, iters: int, dtype: torch.dtype) -> dict:
+    cpu, vocab = torch.device("cpu"), model.config.vocab_size
+    lat = _timeit(model, 1, seq_len, vocab, cpu, iters, 3, dtype)
+    thr = _timeit(model, throughput_batch, seq_len, vocab, cpu, max(2, iters // 4), 1, dtype)
+    return {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "dtype": str(dtype).removeprefix("torch."), "latency_ms": round(lat * 1e3, 3),
+            "throughput": round(throughput_batch / thr, 2)}
+
+
+def _int8(model: nn.Module) -> nn.Module | None:
+    """The model with its linear layers dynamically quantized to int8, or None where torch.ao cannot."""
+    try:
+        with warnings.catch_warnings():  # torch 2.13 marks the quantized tensor constructors deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+    except (RuntimeError, AssertionError, NotImplementedError):
+        return None
+
+
 def measure(model: nn.Module, seq_len: int = 128, throughput_batch: int = 32, iters: int = 10) -> dict:
-    """{'cpu': {...}, 'gpu': {...} or absent}; the model is left on the CPU in eval mode."""
+    """{'cpu': {...}, 'cpu_bf16', 'cpu_int8', 'gpu': {...} where they can be taken}; the model is left on
+    the CPU in eval mode."""
     model = model.eval().float().to("cpu")
+    out = {"seq_len": seq_len, "throughput_batch": throughput_batch,
+           "cpu": _cpu(model, seq_len, throughput_batch, iters, torch.float32)}
+    if cpu_has_native_bf16():
+        out["cpu_bf16"] = _cpu(model, seq_len, throughput_batch, iters, torch.bfloat16)
+    quantized = _int8(model)
+    if quantized is not None:
+        out["cpu_int8"] = _cpu(quantized, seq_len, throughput_batch, iters, torch.float32) | {"dtype": "qint8"}
     vocab = model.config.vocab_size
-    out = {"seq_len": seq_len, "throughput_batch": throughput_batch}
-    lat = _timeit(model, 1, seq_len, vocab, torch.device("cpu"), iters, 3, torch.float32)
-    thr = _timeit(model, throughput_batch, seq_len, vocab, torch.device("cpu"), max(2, iters // 4), 1, torch.float32)
-    out["cpu"] = {
-        "device": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "dtype": "float32",
-        "latency_ms": round(lat * 1e3, 3),
-        "throughput": round(throughput_batch / thr, 2),
-    }
     if torch.cuda.is_available():
         dev = torch.device("cuda")
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32

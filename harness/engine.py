@@ -16,6 +16,7 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from torch import nn
 
+from harness import precision
 from harness.recipe_parts import DeepSpeedSettings, Training
 
 T = TypeVar("T")
@@ -36,9 +37,8 @@ def device() -> torch.device:
 
 
 def use_bf16(settings: DeepSpeedSettings) -> bool:
-    if settings.precision == "auto":
-        return device().type != "cpu" and get_accelerator().is_bf16_supported()
-    return settings.precision == "bf16"
+    """bf16 when the recipe says so, or says ``auto`` on hardware with native bf16 (:mod:`harness.precision`)."""
+    return precision.effective(settings.precision) == "bf16"
 
 
 def model_dtype(settings: DeepSpeedSettings) -> torch.dtype:

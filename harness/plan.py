@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.checks import check_plan
 from harness.includes import apply_override, read_with_defaults
+from harness.precision import effective
 from harness.recipe import Recipe
 from harness.recipe_parts import ConfigStudent, PretrainedStudent, TeacherLayersStudent
 from harness.resolved import ResolvedTeacher, RunPlan
@@ -97,7 +98,7 @@ class _Resolver:
         teachers = []
         for i, ref in enumerate(recipe.teachers):
             if ref.card is not None:
-                teachers.append(ResolvedTeacher(ref, recipe.canonical_task,
+                teachers.append(ResolvedTeacher(ref, recipe.canonical_task, precision=effective("auto"),
                                                 card=self.card(ref.card, f"{where}teachers[{i}].card")))
             else:
                 teachers.append(ResolvedTeacher(ref, recipe.canonical_task, stage=stages[ref.stage]))
@@ -107,4 +108,5 @@ class _Resolver:
         field = f"{where}student.{'card' if isinstance(s, TeacherLayersStudent) else 'tokenizer_card'}" if own \
             else f"{where}teachers[0].card"
         student_card = self.card(recipe.student_card, field) if recipe.student_card is not None else None
-        return RunPlan(self.path, recipe, kind, tuple(teachers), student_card, stages, overrides)
+        return RunPlan(self.path, recipe, kind, tuple(teachers), student_card, effective(recipe.deepspeed.precision),
+                       stages, overrides)

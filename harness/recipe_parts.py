@@ -196,8 +196,8 @@ class TermSpec(Strict):
 class DeepSpeedSettings(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise (CPU)"
-    )
+        "auto", description="auto: bf16 where the hardware has it natively (a GPU that supports it, a CPU with "
+                            "avx512_bf16 or AMX), fp32 elsewhere")
     gradient_accumulation_steps: int = Field(1, gt=0)
     gradient_clipping: float = Field(1.0, ge=0)
 

@@ -16,6 +16,7 @@ from typing import Literal
 from harness.hashing import spec_hash
 from harness.losses import Shape
 from harness.paths import cache_dir
+from harness.precision import key_part
 from harness.recipe import Recipe
 from harness.recipe_parts import ConfigStudent, PretrainedStudent, TeacherLayersStudent, TeacherRef, Training
 from harness.tasks import Task, get_task
@@ -30,6 +31,7 @@ class ResolvedTeacher:
     task: str  # canonical task name
     card: Card | None = None  # a card teacher
     stage: RunPlan | None = None  # an assistant stage: its own plan
+    precision: str = "fp32"  # what a card teacher is fine-tuned in here (DeepSpeed defaults: precision auto)
 
     @property
     def weight(self) -> float:
@@ -48,7 +50,7 @@ class ResolvedTeacher:
     def folder(self, seed: int) -> Path:
         """Its cached model: the card's fine-tuned checkpoint, or the stage trained for ``seed``."""
         if self.card is not None:
-            return finetuned_dir(self.card, self.task, self.finetune)
+            return finetuned_dir(self.card, self.task, self.finetune, self.precision)
         return self.stage.stage_folder(seed)
 
     def record_dir(self, results_dir: Path, seed: int) -> Path:
@@ -74,9 +76,9 @@ class ResolvedTeacher:
     def checkpoint_spec(self, seed: int) -> dict:
         """What it is, in a student's resolved recipe (``teacher_checkpoints``): a card's checkpoint and
         fine-tuning, or an assistant stage's own resolved hash."""
-        if self.card is not None:
+        if self.card is not None:  # fine-tuned under the default DeepSpeed settings (precision auto)
             return {"card": self.card.name, "source": self.card.source_spec(),
-                    "finetune": self.finetune.model_dump(mode="json")}
+                    "finetune": self.finetune.model_dump(mode="json")} | key_part("auto", self.precision)
         return {"stage": self.ref.stage, "hash": self.stage.hash(seed)}
 
 
@@ -89,6 +91,7 @@ class RunPlan:
     kind: Literal["student", "stage"]
     teachers: tuple[ResolvedTeacher, ...]
     student_card: Card | None  # the card the student is cut from or takes its tokenizer from
+    precision: str  # what deepspeed.precision means on this machine: fp32, bf16 or fp16
     stages: dict[str, RunPlan] = field(default_factory=dict)  # its assistants, each a plan of its own
     overrides: tuple[str, ...] = ()  # the --set strings applied, as typed
 
@@ -102,8 +105,8 @@ class RunPlan:
 
     def resolved(self, seed: int) -> dict:
         """What a run's record stores and its hash keys: the recipe, the seed, and what each teacher is."""
-        return self.recipe.resolved() | {"seed": seed,
-                                         "teacher_checkpoints": [t.checkpoint_spec(seed) for t in self.teachers]}
+        return self.recipe.resolved() | key_part(self.recipe.deepspeed.precision, self.precision) | {
+            "seed": seed, "teacher_checkpoints": [t.checkpoint_spec(seed) for t in self.teachers]}
 
     def hash(self, seed: int) -> str:
         return spec_hash(self.resolved(seed))

@@ -37,7 +37,9 @@ class GpuSpeed(_Part):
 class Speed(_Part):
     seq_len: int
     throughput_batch: int
-    cpu: CpuSpeed
+    cpu: CpuSpeed = Field(description="fp32")
+    cpu_bf16: CpuSpeed | None = Field(None, description="bf16 autocast, on a CPU that computes bf16 natively")
+    cpu_int8: CpuSpeed | None = Field(None, description="int8 dynamic quantization of the linear layers (torch.ao)")
     gpu: GpuSpeed | None = None
     retimed: str | None = Field(None, description="when `harness retime` measured it again")
 

@@ -20,6 +20,7 @@ from harness.metrics import task_headline
 from harness.models import load_classifier, load_tokenizer
 from harness.options import Options
 from harness.paths import REPO_ROOT, cache_dir
+from harness.precision import key_part
 from harness.phases import train_and_evaluate
 from harness.recipe_parts import DeepSpeedSettings, SpeedSettings
 from harness.resume import Checkpoints
@@ -52,7 +53,8 @@ def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
         task_ = get_task(task)
         model, tok = load_classifier(path, task_), load_tokenizer(path)
         resolved = {"kind": "teacher", "card": card.model_dump(mode="json"), "task": task,
-                    "finetune": settings.model_dump(mode="json"), "deepspeed": DeepSpeedSettings().model_dump()}
+                    "finetune": settings.model_dump(mode="json"), "deepspeed": DeepSpeedSettings().model_dump()} | \
+            key_part("auto", rt.precision)
         ce = TERMS.get("ce")
         checkpoints = Checkpoints.for_run(folder, opts.checkpoint_every)
         trained, stats, preds, dev = train_and_evaluate(
@@ -100,7 +102,7 @@ def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
     cards, task = [t.card for t in plan.teachers], plan.task
     settings = cards[0].finetune_for(task.name, plan.recipe.cofinetune)
     key_src = {"cards": [[c.name, c.source_spec()] for c in cards], "task": task.name,
-               "settings": settings.model_dump(mode="json")}
+               "settings": settings.model_dump(mode="json")} | key_part("auto", plan.teachers[0].precision)
     key = "co-" + spec_hash(key_src)
     entries = [(cache_dir() / "teachers" / c.name / task.name / key,
                 opts.results_dir / "runs" / "teachers" / c.name / task.name / key) for c in cards]

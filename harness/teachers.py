@@ -22,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from harness.hashing import spec_hash
 from harness.paths import cache_dir, teachers_dir
+from harness.precision import key_part
 from harness.recipe_parts import Training, TrainingOverrides
 from harness.registry import Registry
 from harness.schema import ConfigError, Strict, load, parse
@@ -203,8 +204,10 @@ def all_cards(tdir: Path | None = None) -> list[Card]:
     return [load_card(p) for p in sorted(teachers_dir(tdir).glob("*.yaml"))]
 
 
-def finetuned_dir(card: Card, task: str, settings: Training) -> Path:
-    """Cache folder of ``card`` fine-tuned on ``task`` with ``settings`` (content-addressed)."""
+def finetuned_dir(card: Card, task: str, settings: Training, precision: str = "fp32") -> Path:
+    """Cache folder of ``card`` fine-tuned on ``task`` with ``settings`` in ``precision`` (what the
+    default DeepSpeed settings, precision auto, mean here), content-addressed."""
     key_src = {"card": card.name, "source": card.source_spec(), "task": task, "settings": settings.model_dump(mode="json")}
+    key_src |= key_part("auto", precision)  # fine-tuned in bf16 where auto means bf16: another teacher
     key = spec_hash(key_src)  # log_every and loader_workers do not change the key
     return cache_dir() / "teachers" / card.name / task / key

@@ -1,0 +1,130 @@
+"""bf16 against fp32 training on this CPU: speed and dev scores, back to back, same teacher instance.
+
+For each task (SST-2 capped, MRPC) and seed, the quickstart's pair (all-MiniLM-L6-v2 -> 3 of its blocks,
+``recipes/glue/<task>/kd/minilm3L_from_minilm.yaml``) is trained twice in a row, once with
+``deepspeed.precision: fp32`` (what every CPU run did before ``auto`` meant bf16 here) and once with
+``bf16``, through the real CLI.  Both read one teacher (fine-tuned once, under ``auto``).  The records
+go to ``results/runs/glue/<task>/kd/minilm3L_from_minilm/{fp32,bf16}/seed<k>/``; this script then
+writes ``results/bench/precision_parity.json``: every run's dev score and training examples/s, per
+task the mean and spread over seeds, the bf16/fp32 speed ratio of each seed's pair, and the machine.
+
+    GLUE_DIR=../shared/glue python bench/precision_parity.py            # runs what lacks a record
+    python bench/precision_parity.py --summarize-only                  # JSON from existing records
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from harness.precision import cpu_has_native_bf16  # noqa: E402
+from harness.records import git_state, read_record  # noqa: E402
+
+TASKS = ("sst2", "mrpc")
+PRECISIONS = ("fp32", "bf16")
+SEEDS = (0, 1, 2)
+
+
+def recipe(task: str) -> Path:
+    return REPO / "recipes" / "glue" / task / "kd" / "minilm3L_from_minilm.yaml"
+
+
+def run_name(task: str, precision: str) -> str:
+    return f"glue/{task}/kd/minilm3L_from_minilm/{precision}"
+
+
+def train(task: str, precision: str, seed: int, results: Path) -> None:
+    if (results / "runs" / run_name(task, precision) / f"seed{seed}" / "metrics.json").exists():
+        return
+    cmd = [sys.executable, "-m", "harness", "run", str(recipe(task)), "--results-dir", str(results), "--no-tables",
+           "--set", f"name={run_name(task, precision)}", "--set", f"deepspeed.precision={precision}",
+           "--set", f"training.seed={seed}"]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summarize(results: Path) -> dict:
+    runs = []
+    for task in TASKS:
+        for seed in SEEDS:
+            for precision in PRECISIONS:
+                folder = results / "runs" / run_name(task, precision) / f"seed{seed}"
+                if (folder / "metrics.json").exists():
+                    m = read_record(folder)
+                    runs.append({"task": task, "precision": precision, "seed": seed, "score": m.score,
+                                 "samples_per_s": m.train.samples_per_s, "wall_time_s": m.train.wall_time_s,
+                                 "train_precision": m.train.precision, "teacher_scores": m.teacher_scores,
+                                 "record": str(folder.relative_to(results.parent))})
+    return {"runs": runs, "tasks": {task: _task_summary([r for r in runs if r["task"] == task]) for task in TASKS}}
+
+
+def _task_summary(runs: list[dict]) -> dict:
+    out = {}
+    for precision in PRECISIONS:
+        scores = [r["score"] for r in runs if r["precision"] == precision]
+        if scores:
+            out[precision] = {"seeds": len(scores), "score_mean": statistics.mean(scores),
+                              "score_std": statistics.stdev(scores) if len(scores) > 1 else None,
+                              "samples_per_s_mean": statistics.mean(r["samples_per_s"] for r in runs
+                                                                    if r["precision"] == precision)}
+    pairs = {}
+    for r in runs:
+        pairs.setdefault(r["seed"], {})[r["precision"]] = r
+    ratios = [p["bf16"]["samples_per_s"] / p["fp32"]["samples_per_s"] for p in pairs.values() if len(p) == 2]
+    if ratios:
+        out["speed_ratio_bf16_over_fp32"] = {"per_seed": [round(x, 3) for x in ratios],
+                                             "mean": round(statistics.mean(ratios), 3)}
+    if "fp32" in out and "bf16" in out and out["fp32"]["score_std"] is not None:
+        diff = out["bf16"]["score_mean"] - out["fp32"]["score_mean"]
+        spread = max(out["fp32"]["score_std"], out["bf16"]["score_std"])
+        out["score_diff_bf16_minus_fp32"] = diff
+        out["within_seed_spread"] = abs(diff) <= spread
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results-dir", type=Path, default=REPO / "results")
+    ap.add_argument("--summarize-only", action="store_true")
+    args = ap.parse_args()
+    if not args.summarize_only:
+        for task in TASKS:
+            for seed in SEEDS:  # the two precisions of a seed back to back: the machine's load is shared
+                for precision in PRECISIONS:
+                    train(task, precision, seed, args.results_dir)
+    import torch
+
+    out = {"bench": "precision_parity", "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "machine": {"cpu": cpu_model(), "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(),
+                       "platform": platform.platform()},
+           "versions": {p: metadata.version(p) for p in ("torch", "deepspeed", "transformers")},
+           "git_commit": git_state(REPO)[0], "git_dirty": bool(git_state(REPO)[1])} | summarize(args.results_dir)
+    dest = args.results_dir / "bench" / "precision_parity.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out["tasks"], indent=2))
+    print(f"wrote {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

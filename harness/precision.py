@@ -1,0 +1,42 @@
+"""Which precision a stage computes in: ``deepspeed.precision`` resolved for this machine.
+
+``auto`` is bf16 wherever the hardware computes it natively: a GPU that supports it, or a CPU with
+``avx512_bf16`` or AMX (about 4x fp32's matmul throughput on this project's 2-core EPYC), and fp32
+elsewhere.  A leaf module (no DeepSpeed import), so that a plan can name the precision in its hashes
+without loading the training stack: the same recipe run in bf16 and in fp32 is two experiments, and
+its teachers, stages, students and records are kept apart.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux: its /proc/cpuinfo flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def effective(declared: str) -> str:
+    """'fp32', 'bf16' or 'fp16': what ``declared`` (a recipe's ``deepspeed.precision``) means here."""
+    if declared != "auto":
+        return declared
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def key_part(declared: str, used: str) -> dict:
+    """What a spec hash adds for the precision ``used`` where ``declared`` was asked for: nothing when
+    ``auto`` meant fp32 (so every hash from before ``auto`` could mean bf16 on a CPU is unchanged), or
+    when the spec names it already; else ``{"precision": used}``."""
+    return {"precision": used} if declared == "auto" and used != "fp32" else {}
