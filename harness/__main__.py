@@ -18,7 +18,8 @@ EPILOG = """examples:
   python -m harness tables                                # rebuild results/glue.md and results/speed.md
   python -m harness compare kd/6L_from_mpnet nokd/6L_from_mpnet   # paired by task and seed, sign test
 environment: GLUE_DIR (local GLUE folder), KD_HARNESS_CACHE (default ~/.cache/kd-harness),
-  KD_HARNESS_TEACHERS (card folder, default ./teachers of the checkout), HF_HUB_OFFLINE."""
+  KD_HARNESS_TEACHERS (card folder, default ./teachers of the checkout), KD_HARNESS_CPU_BF16=0 (precision
+  auto means fp32 on this CPU even if it has native bf16), HF_HUB_OFFLINE."""
 
 
 def cmd_validate(args) -> int:

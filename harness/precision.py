@@ -9,16 +9,22 @@ its teachers, stages, students and records are kept apart.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# KD_HARNESS_CPU_BF16=0 treats the CPU as having no native bf16, so that auto means fp32 on it, teachers'
+# fine-tuning included: the setting the committed CPU records were trained under.
+CPU_BF16_ENV = "KD_HARNESS_CPU_BF16"
 
 
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Linux: its /proc/cpuinfo flags)."""
+    """Whether this CPU computes bf16 natively (Linux: its /proc/cpuinfo flags), unless $KD_HARNESS_CPU_BF16=0."""
+    if os.environ.get(CPU_BF16_ENV) == "0":
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:

@@ -26,10 +26,17 @@ def test_auto_follows_the_cpu(cpu_bf16):
     assert precision.key_part("auto", "fp32") == {}
 
 
-def test_flags_are_read_from_cpuinfo():
+def test_flags_are_read_from_cpuinfo_unless_switched_off(monkeypatch):
+    import os
+
     precision.cpu_has_native_bf16.cache_clear()
-    flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
     assert precision.cpu_has_native_bf16() == any(f in flags for f in precision.BF16_CPU_FLAGS)
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
+    precision.cpu_has_native_bf16.cache_clear()
+    assert precision.cpu_has_native_bf16() is False
+    monkeypatch.delenv(precision.CPU_BF16_ENV)
+    precision.cpu_has_native_bf16.cache_clear()
 
 
 def test_a_bf16_teacher_is_another_teacher(tmp_path, cache):
