@@ -98,8 +98,8 @@ def cofinetune(models: list[nn.Module], datasets: list, pad_ids: list[int], regr
     bar.close()
     wall = time.perf_counter() - start
     trained = list(engine.module.models)
-    for m in trained:
-        m.eval()
+    for m in trained:  # evaluated in fp32: under DeepSpeed bf16 the shared head ends in another dtype
+        m.float().eval()
     stats = {"train_examples": n, "steps": total, "epochs": round(seen / n, 3), "examples_seen": seen,
              "wall_time_s": round(wall, 2), "samples_per_s": round(seen / wall, 2), "world_size": world_size,
              "precision": str(model_dtype(settings)).removeprefix("torch."), "cofinetuned": len(models),

@@ -134,7 +134,12 @@ def matches_predictions(folder: Path) -> bool:
     """Whether a record's stored metrics are those its predictions give (``harness verify``)."""
     stored = read_record(folder).dev
     again = recompute(folder)
-    return all(math.isclose(stored[s][k], again[s][k], rel_tol=1e-9, abs_tol=1e-12) for s in again for k in again[s])
+    return all(_same(stored[s][k], again[s][k]) for s in again for k in again[s])
+
+
+def _same(a: float, b: float) -> bool:
+    """Equal up to rounding; an undefined metric (NaN: a constant prediction's correlation) matches itself."""
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def record_folders(results_dir: Path) -> list[Path]:
