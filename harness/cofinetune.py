@@ -23,6 +23,7 @@ from harness.data import Collator, length_grouped_batches, rank_shard
 from harness.models import HEADS
 from harness.engine import MODEL_INPUTS, device, initialize, model_dtype, to_device, world
 from harness.recipe_parts import DeepSpeedSettings, Training
+from harness.resume import StageCheckpoint, set_rng_state
 
 
 
@@ -57,51 +58,93 @@ class Joint(nn.Module):
 
 
 def cofinetune(models: list[nn.Module], datasets: list, pad_ids: list[int], regression: bool, training: Training,
-               seed: int, desc: str) -> tuple[list[nn.Module], dict]:
+               seed: int, desc: str, checkpoint: StageCheckpoint | None = None) -> tuple[list[nn.Module], dict]:
     """Fine-tune ``models`` jointly on row-aligned tokenizations ``datasets`` of one training set;
-    returns the trained models (heads holding the shared weights) and training stats."""
-    rank, world_size = world()
+    returns the trained models (heads holding the shared weights) and training stats.  With
+    ``checkpoint`` it saves as it goes and resumes an interrupted run (:mod:`harness.resume`)."""
     torch.manual_seed(seed)
     joint = Joint(models)
     settings = DeepSpeedSettings()
     n = len(datasets[0])
     total = training.max_steps or max(1, math.ceil(training.epochs * math.ceil(n / training.batch_size)))
     engine = initialize(joint, training, settings, total)
-    collates = [Collator(p, regression) for p in pad_ids]
-    lengths = np.asarray(datasets[0]["length"])
-    dev = device()
-    engine.train()
-    step, seen, epoch, history = 0, 0, 0, []
-    loss_sum = torch.zeros((), device=dev)
-    bar = tqdm(total=total, desc=desc, disable=rank != 0, unit="step", dynamic_ncols=True)
-    start = time.perf_counter()
-    while step < total:
-        for gbatch in length_grouped_batches(lengths, training.batch_size, seed, epoch):
-            if step >= total:
-                break
-            rows = rank_shard(gbatch, rank, world_size)
-            batches = [to_device(c([ds[int(i)] for i in rows]), dev) for c, ds in zip(collates, datasets)]
-            inputs = [{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches]
-            loss = engine(inputs, batches[0]["labels"], regression)
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.detach().float()
-            seen += len(gbatch)
-            step += 1
-            bar.update(1)
-            if step % training.log_every == 0 or step == total:
-                k = training.log_every if step % training.log_every == 0 else step % training.log_every
-                history.append({"step": step, "loss": (loss_sum / k).item()})
-                bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-                loss_sum.zero_()
-        epoch += 1
-    bar.close()
-    wall = time.perf_counter() - start
+    loop = _JointLoop(engine, datasets, [Collator(p, regression) for p in pad_ids], regression, training, seed)
+    loop.run(total, desc, checkpoint)
     trained = list(engine.module.models)
     for m in trained:  # evaluated in fp32: under DeepSpeed bf16 the shared head ends in another dtype
         m.float().eval()
-    stats = {"train_examples": n, "steps": total, "epochs": round(seen / n, 3), "examples_seen": seen,
-             "wall_time_s": round(wall, 2), "samples_per_s": round(seen / wall, 2), "world_size": world_size,
-             "precision": str(model_dtype(settings)).removeprefix("torch."), "cofinetuned": len(models),
-             "loss_history": history}
+    stats = {"train_examples": n, "steps": total, "epochs": round(loop.seen / n, 3), "examples_seen": loop.seen,
+             "wall_time_s": round(loop.wall, 2), "samples_per_s": round(loop.seen / loop.wall, 2),
+             "world_size": world()[1], "precision": str(model_dtype(settings)).removeprefix("torch."),
+             "cofinetuned": len(models), "loss_history": loop.history}
     return trained, stats
+
+
+class _JointLoop:
+    """The joint loop: every teacher sees the same length-grouped batches in its own tokenization."""
+
+    _STATE = ("step", "seen", "epoch", "epoch_start", "history", "wall")
+
+    def __init__(self, engine, datasets: list, collates: list, regression: bool, training: Training, seed: int):
+        self.engine, self.datasets, self.collates, self.regression = engine, datasets, collates, regression
+        self.training, self.seed = training, seed
+        self.step = self.seen = self.epoch = self.epoch_start = 0
+        self.history, self.wall = [], 0.0
+        self.loss_sum = torch.zeros((), device=device())
+
+    def run(self, total: int, desc: str, ckpt: StageCheckpoint | None) -> None:
+        rank, world_size = world()
+        skip = self._restore(ckpt, total, desc) if ckpt is not None else 0
+        lengths, dev = np.asarray(self.datasets[0]["length"]), device()
+        self.engine.train()
+        bar = tqdm(total=total, initial=self.step, desc=desc, disable=rank != 0, unit="step", dynamic_ncols=True)
+        start = time.perf_counter() - self.wall
+        while self.step < total:
+            gbatches = length_grouped_batches(lengths, self.training.batch_size, self.seed, self.epoch)
+            for gbatch in gbatches[:total - self.epoch_start][skip:]:
+                rows = rank_shard(gbatch, rank, world_size)
+                batches = [to_device(c([ds[int(i)] for i in rows]), dev) for c, ds in zip(self.collates, self.datasets)]
+                loss = self.engine([{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches], batches[0]["labels"],
+                                   self.regression)
+                self.engine.backward(loss)
+                self.engine.step()
+                self.loss_sum += loss.detach().float()
+                self.seen += len(gbatch)
+                self.step += 1
+                bar.update(1)
+                self._log(bar, total)
+                if ckpt is not None and self.step % ckpt.every == 0 and self.step < total:
+                    self._save(ckpt, start)
+            skip = 0
+            self.epoch += 1
+            self.epoch_start = self.step
+            if ckpt is not None and self.step < total:
+                self._save(ckpt, start)
+        bar.close()
+        self.wall = time.perf_counter() - start
+
+    def _log(self, bar, total: int) -> None:
+        every = self.training.log_every
+        if self.step % every == 0 or self.step == total:
+            k = every if self.step % every == 0 else self.step % every
+            self.history.append({"step": self.step, "loss": (self.loss_sum / k).item()})
+            bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}")
+            self.loss_sum.zero_()
+
+    def _save(self, ckpt: StageCheckpoint, start: float) -> None:
+        self.wall = time.perf_counter() - start
+        state = {k: getattr(self, k) for k in self._STATE} | {"loss_sum": self.loss_sum.clone()}
+        ckpt.save(self.engine, f"step{self.step}", state, done=False)
+
+    def _restore(self, ckpt: StageCheckpoint, total: int, desc: str) -> int:
+        latest = ckpt.latest()
+        if latest is None:
+            return 0
+        state, rng = ckpt.load(self.engine, latest["tag"], weights_only=False)
+        for k in self._STATE:
+            setattr(self, k, state[k])
+        self.loss_sum.copy_(state["loss_sum"])
+        set_rng_state(rng)  # no loader draws from it here: set at once
+        if world()[0] == 0:
+            print(f"[{desc}] resuming from step {self.step} of {total} ({ckpt.folder})", flush=True)
+        return self.step - self.epoch_start

@@ -113,9 +113,10 @@ def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
         models = [load_classifier(c.pretrained_path(), task) for c in cards]
         toks = [load_tokenizer(c.pretrained_path()) for c in cards]
         data = [tokenize_task(task, tok, settings, opts.glue_dir) for tok in toks]
+        checkpoints = Checkpoints.for_run(entries[0][0], opts.checkpoint_every)
         trained, stats = cofinetune(models, [d[0] for d in data], [t.pad_token_id for t in toks],
                                     task.is_regression, settings, settings.seed,
-                                    f"co-finetune {' + '.join(names)} on {task.display}")
+                                    f"co-finetune {' + '.join(names)} on {task.display}", checkpoints.stage(0))
         resolved = {"kind": "teacher", "cofinetune": key_src, "deepspeed": DeepSpeedSettings().model_dump()}
         for c, model, tok, (_, devs), tmp, (folder, _) in zip(cards, trained, toks, data, tmps, entries):
             preds, dev = evaluate(model, tok, devs, task, settings, f"teacher {c.name} (co-finetuned)")
@@ -128,6 +129,8 @@ def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
                     **finish(model, tok, tmp, SpeedSettings())})
                 write_record(tmp / "record", resolved, record, preds, env_info(REPO_ROOT))
                 summary(record, folder)
+        if not opts.keep_checkpoints:
+            checkpoints.clear()
 
     records = cached_run(entries, train)
     return [ReadyTeacher(folder, f"{c.name} (co-ft)", [f"{c.name} (co-ft)"], r.speed, r.score)

@@ -79,3 +79,53 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny_card
         # every logged loss bit for bit (time differs, and the resumed run found the teacher outputs cached)
         assert strip(a["train"]) == strip(b["train"]), name
     assert not any((cache / "checkpoints").iterdir())  # deleted once the runs finished
+
+
+def test_cofinetuning_resumes_bitwise(tmp_path, monkeypatch):
+    """MT-BERT co-finetuning has a loop of its own: interrupted after step 7 and resumed from its step-6
+    checkpoint, it ends with the losses and weights of an uninterrupted run."""
+    import datasets
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import harness.cofinetune as co
+    from harness.engine import init_distributed
+    from harness.recipe_parts import Training
+    from harness.resume import StageCheckpoint
+
+    init_distributed()
+
+    def models():
+        out = []
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            out.append(BertForSequenceClassification(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1,
+                                                                num_attention_heads=2, intermediate_size=32)))
+        return out
+
+    g = torch.Generator().manual_seed(0)
+    rows = [{"idx": i, "input_ids": torch.randint(5, 60, (n,), generator=g).tolist(), "attention_mask": [1] * n,
+             "label": i % 2, "length": n} for i, n in enumerate([5, 7, 6, 4, 7, 3, 5, 6] * 4)]
+    ds = datasets.Dataset.from_list(rows)
+    training = Training(epochs=3, batch_size=8, lr=1e-3, warmup_ratio=0.0, log_every=1)
+
+    def train(folder):
+        return co.cofinetune(models(), [ds, ds], [0, 0], False, training, 0, "joint", StageCheckpoint(folder, 3))
+
+    clean, clean_stats = train(tmp_path / "a")
+    calls, real = {"n": 0}, co.rank_shard
+
+    def interrupted(batch, rank, world):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt  # during step 8: the latest checkpoint is step 6
+        return real(batch, rank, world)
+
+    monkeypatch.setattr(co, "rank_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b")
+    monkeypatch.setattr(co, "rank_shard", real)
+    resumed, resumed_stats = train(tmp_path / "b")
+    assert [h["loss"] for h in resumed_stats["loss_history"]] == [h["loss"] for h in clean_stats["loss_history"]]
+    for a, b in zip(clean, resumed):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
