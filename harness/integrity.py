@@ -68,11 +68,22 @@ def problems(folder: Path) -> list[str]:
     return out
 
 
+_VERIFIED: set[tuple[str, int]] = set()  # entries found intact by this process, with their manifest's mtime
+
+
 def intact(folder: Path, what: str) -> bool:
-    """Whether an existing entry can be read; a damaged one is reported (it will be rebuilt)."""
+    """Whether an existing entry can be read; a damaged one is reported (it will be rebuilt).  Hashing
+    a large entry (a teacher's outputs can be gigabytes) takes seconds, so each entry is hashed once
+    per process: a later read in the same run trusts that check while its manifest is unchanged."""
     if not folder.exists():
         return False
+    manifest = folder / MANIFEST
+    key = (str(folder.resolve()), manifest.stat().st_mtime_ns if manifest.is_file() else -1)
+    if key in _VERIFIED:
+        return True
     bad = problems(folder)
+    if not bad:
+        _VERIFIED.add(key)
     if bad:
         print(f"warning: {what} in {folder} is damaged ({'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
               "rebuilding it", flush=True)
