@@ -84,7 +84,7 @@ def intact(folder: Path, what: str) -> bool:
     bad = problems(folder)
     if not bad:
         _VERIFIED.add(key)
-    if bad:
+    else:
         print(f"warning: {what} in {folder} is damaged ({'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
               "rebuilding it", flush=True)
     return not bad

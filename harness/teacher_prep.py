@@ -44,27 +44,26 @@ class ReadyTeacher:
 
 def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
     """The card fine-tuned on the task, from the cache or trained now."""
-    card, task, settings = rt.card, rt.task, rt.finetune
+    card, task, settings = rt.card, get_task(rt.task), rt.finetune
     folder, record_dir = rt.folder(settings.seed), rt.record_dir(opts.results_dir, settings.seed)
 
     def train(tmps: list[Path]) -> None:
         path = card.pretrained_path()
         torch.manual_seed(settings.seed)  # the new classification head is drawn from this
-        task_ = get_task(task)
-        model, tok = load_classifier(path, task_), load_tokenizer(path)
-        resolved = {"kind": "teacher", "card": card.model_dump(mode="json"), "task": task,
+        model, tok = load_classifier(path, task), load_tokenizer(path)
+        resolved = {"kind": "teacher", "card": card.model_dump(mode="json"), "task": task.name,
                     "finetune": settings.model_dump(mode="json"), "deepspeed": DeepSpeedSettings().model_dump()} | \
             key_part("auto", rt.precision)
         ce = TERMS.get("ce")
         checkpoints = Checkpoints.for_run(folder, opts.checkpoint_every)
         trained, stats, preds, dev = train_and_evaluate(
-            model, tok, [], [(ce(ce.Params()), 1.0)], task_, settings, DeepSpeedSettings(), settings.seed,
+            model, tok, [], [(ce(ce.Params()), 1.0)], task, settings, DeepSpeedSettings(), settings.seed,
             f"teacher {card.name}", opts.glue_dir, checkpoints)
         if is_main():
             record = RunRecord.model_validate({
-                "kind": "teacher", "name": f"teacher/{card.name}", "task": task, "model": card.name,
+                "kind": "teacher", "name": f"teacher/{card.name}", "task": task.name, "model": card.name,
                 "lineage": [card.name], "teachers": [], "terms": ["ce"], "seed": settings.seed,
-                "recipe_hash": spec_hash(resolved), "dev": dev, "score": task_headline(task_, dev), "train": stats,
+                "recipe_hash": spec_hash(resolved), "dev": dev, "score": task_headline(task, dev), "train": stats,
                 **finish(trained, tok, tmps[0], SpeedSettings())})
             write_record(tmps[0] / "record", resolved, record, preds, env_info(REPO_ROOT))
             summary(record, record_dir)

@@ -1,5 +1,4 @@
 """Teacher cards: fine-tuning settings, cache keys, offline checkpoints split over packages."""
-import json
 import zipfile
 
 import pytest
