@@ -72,16 +72,14 @@ def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int,
         teachers, train_ds, mask_tokens = _phase_inputs(plan, phase, tok, finetuned, training, opts)
         weighting = plan.recipe.teacher_weighting if phase.corpus is None else WeightingSpec()
         s_shape, t_shapes = shape_of(model), [shape_of(t.model) for t in teachers]
-        # what the teachers must expose over all blocks: one teacher-output cache serves every block
-        phase_needs = [Need() for _ in teachers]
-        for term, _ in build_terms(phase, s_shape, t_shapes, where):
-            if term.needs_teacher:
-                phase_needs = [n | term.teacher_need(i) for i, n in enumerate(phase_needs)]
+        # built once: the blocks of a progressive phase take turns with the same terms, so they train one
+        # projection per term, as TinyBERT learns one W_h for all its mapped layers, not one per block
+        phase_terms = build_terms(phase, s_shape, t_shapes, where)
+        phase_needs = teacher_needs(phase_terms, len(teachers))  # before any restrict: all blocks' needs
         for block in range(s_shape.layers) if phase.progressive else [None]:
-            terms = build_terms(phase, s_shape, t_shapes, where)
-            lr_scale = None
+            terms, lr_scale = phase_terms, None
             if block is not None:
-                terms = [(t, w) for t, w in terms if t.restrict(block)]
+                terms = [(t, w) for t, w in phase_terms if t.restrict(block)]
                 lr_scale = progressive_scale(block, phase.progressive)
                 if not terms:
                     continue
@@ -97,11 +95,23 @@ def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int,
             model = engine.module.student
             if plan.recipe.deepspeed.zero_stage == 3:  # a plain full model for the next stage and for saving
                 model = gather_zero3(model).to(device())
+                if block is not None:  # the next block goes on with the same projections' values
+                    phase_terms = gather_zero3_terms(phase_terms, build_terms(phase, s_shape, t_shapes, where))
             stats.append({"phase": phase.name, "block": block, "terms": [t.term for t in phase.objective], **st})
             del engine
     for p in model.parameters():
         p.requires_grad_(True)
     return model, stats
+
+
+def teacher_needs(terms, n_teachers: int) -> list[Need]:
+    """What each teacher must expose for these terms: over a progressive phase's whole maps, so that
+    one teacher-output cache serves every block."""
+    needs = [Need() for _ in range(n_teachers)]
+    for term, _ in terms:
+        if term.needs_teacher:
+            needs = [n | term.teacher_need(i) for i, n in enumerate(needs)]
+    return needs
 
 
 def _phase_inputs(plan: RunPlan, phase: Phase, tok, finetuned: list[Teacher], training: Training, opts: Options):
@@ -143,4 +153,14 @@ def gather_zero3(student):
         state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in student.state_dict().items()}
     plain = type(student)(student.config)
     plain.load_state_dict(state)
+    return plain
+
+
+def gather_zero3_terms(terms, plain):
+    """Under ZeRO-3 the terms' own weights (projections) are sharded like the student's: copy their
+    full values into ``plain``, the same terms built afresh, which the next stage can shard again."""
+    for (sharded, _), (fresh, _) in zip(terms, plain):
+        with deepspeed.zero.GatheredParameters(list(sharded.parameters()), modifier_rank=None):
+            fresh.load_state_dict({k: v.detach().to("cpu", torch.float32).clone()
+                                   for k, v in sharded.state_dict().items()})
     return plain

@@ -100,7 +100,9 @@ class Term(nn.Module):
         return Need()
 
     def restrict(self, student_block: int) -> bool:
-        """Keep only the layer pairs of one student block (progressive transfer); False if none."""
+        """From now on use only the layer pairs of one student block, out of the term's full map
+        (progressive transfer); False if that block has none.  It may be called again for another
+        block, so one term, with its projections, serves every block of a progressive phase."""
         return False
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
@@ -112,9 +114,11 @@ TERMS: Registry[type[Term]] = Registry("objective term")
 
 # -- layer maps ------------------------------------------------------------------------------------
 LayerMap = Union[Literal["uniform", "skip", "last", "final"], list[Union[int, None]]]
-LAYER_MAP_HELP = ("uniform: student block i <- teacher block i*k+k-1 (TinyBERT, k = teacher/student depth); "
-                  "skip / last: PKD-skip / PKD-last (all but the top student block); final: top block only; "
-                  "or a list giving the teacher block (0-based) for each student block, null to skip one")
+LAYER_MAP_HELP = ("uniform: TinyBERT's g(m) = m*k, k = teacher/student depth, counting blocks from 1: student "
+                  "block m <- teacher block m*k, rounded half up when k is not an integer (4 student blocks on "
+                  "6 teacher blocks: 1.5, 3, 4.5, 6 -> teacher blocks 2, 3, 5, 6); skip / last: PKD-skip / "
+                  "PKD-last (all but the top student block); final: top block only; or a list giving the "
+                  "teacher block (0-based) for each student block, null to skip one")
 
 
 class MappedParams(Strict):
@@ -127,7 +131,12 @@ class AttentionParams(Strict):
 
 
 def layer_pairs(spec: LayerMap, m: int, n: int, field: str = "layer_map") -> list[tuple[int, int]]:
-    """(student block, teacher block) pairs, 0-based, for an m-block student and an n-block teacher."""
+    """(student block, teacher block) pairs, 0-based, for an m-block student and an n-block teacher.
+
+    uniform is TinyBERT's g(j) = j * n / m over 1-based blocks (exact when m divides n), rounded half up
+    otherwise: student block j (1..m) reads teacher block floor(j * n / m + 1/2).  Since n / m >= 1 the
+    map is strictly increasing, and it ends on the teacher's top block (j = m gives n).
+    """
     if isinstance(spec, list):
         if len(spec) != m:
             raise TermError(field, f"lists {len(spec)} teacher blocks but the student has {m} blocks")
@@ -141,8 +150,17 @@ def layer_pairs(spec: LayerMap, m: int, n: int, field: str = "layer_map") -> lis
         return [(m - 1, n - 1)]
     if spec == "last":  # PKD-last: the m-1 teacher blocks just below the top one
         return [(i, n - m + i) for i in range(m - 1)]
-    uniform = [(i, round((i + 1) * n / m) - 1) for i in range(m)]  # TinyBERT g(m) = m * n / m', 1-based
+    uniform = [(i, uniform_block(i + 1, m, n) - 1) for i in range(m)]
     return uniform[:-1] if spec == "skip" else uniform
+
+
+def uniform_block(j: int, m: int, n: int) -> int:
+    """The teacher block (1-based) that student block j (1-based) of m reads under uniform: j * n / m
+    rounded half up, in integers (no float can land a hair off a tie).  Python's round() sends ties to
+    the even block, so one map mixed up and down (4 -> 6: 1.5 -> 2 but 4.5 -> 4); half up treats every
+    tie alike and, unlike floor, still picks the nearest teacher block, so the maps of ratios with no
+    tie (3 -> 4, 5 -> 12) are the ones round() gave."""
+    return (2 * j * n + m) // (2 * m)
 
 
 def projection(s: int, t: int, enabled: bool, what: str = "hidden width") -> nn.Module:
@@ -166,7 +184,8 @@ class MappedTerm(Term):
 
     def __init__(self, params: Any, student: Shape | None = None, teachers: list[Shape] = ()):
         super().__init__(params, student, teachers)
-        self.pairs: list[list[tuple[int, int]]] = []
+        self.pairs: list[list[tuple[int, int]]] = []  # per teacher: the pairs in use (see restrict)
+        self.all_pairs: list[list[tuple[int, int]]] = []  # per teacher: the whole map
         self.proj = nn.ModuleList()
         if student is None:
             return
@@ -181,6 +200,7 @@ class MappedTerm(Term):
             # attention scores and distributions do not depend on width: only hidden terms project
             self.proj.append(projection(student.hidden, t.hidden, params.projection)
                              if self.reads == "hidden" else nn.Identity())
+        self.all_pairs = list(self.pairs)
 
     def _pairs(self, student: Shape, teacher: Shape) -> list[tuple[int, int]]:
         return layer_pairs(self.params.layer_map, student.layers, teacher.layers)
@@ -196,7 +216,7 @@ class MappedTerm(Term):
         return Need(qkv=frozenset(n for _, n in self.pairs[i]))
 
     def restrict(self, student_block: int) -> bool:
-        self.pairs = [[p for p in ps if p[0] == student_block] for ps in self.pairs]
+        self.pairs = [[p for p in ps if p[0] == student_block] for ps in self.all_pairs]
         return any(self.pairs)
 
     def per_teacher(self, batch: Batch, fn: Callable) -> torch.Tensor:

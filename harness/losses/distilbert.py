@@ -69,4 +69,10 @@ class MaskedLM(Term):
         labels = batch.labels  # [B, T], -100 where not masked
         h = batch.student.hidden[-1][labels != -100]  # [N, H]
         logits = self.transform(h) @ self.embeddings.weight.t() + self.bias  # [N, V]
+        if not h.shape[0]:
+            # 15% masking of a short micro-batch can pick no token, and the mean over none is NaN, which
+            # would poison the summed loss and every gradient of the step.  A zero computed from the
+            # logits keeps the graph: backward still reaches the head and the student (zero gradients,
+            # not missing ones).  float32 like the cross-entropy: the terms' losses are stacked together.
+            return logits.float().sum() * 0
         return F.cross_entropy(logits.float(), labels[labels != -100])
