@@ -1,4 +1,4 @@
-"""kd-harness command line: ``python -m harness {run,validate,tables,verify,records,compare,list,retime,cache,teachers} ...``."""
+"""kd-harness command line: ``python -m harness {run,validate,study,tables,verify,records,compare,list,retime,cache,teachers,export,submit,plot} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,11 @@ EPILOG = """examples:
   python -m harness run 'recipes/glue/*/kd/*.yaml' --nprocs 2
   python -m harness tables                                # rebuild results/glue.md and results/speed.md
   python -m harness compare kd/6L_from_mpnet nokd/6L_from_mpnet   # paired by task and seed, sign test
+  python -m harness study plan studies/quick.yaml         # a study's matrix and cost, in seconds
+  python -m harness study run studies/quick.yaml          # every missing cell, then results/studies/quick/
+  python -m harness export results/runs/quickstart/seed42 --out quickstart-student   # HF folder + model card
+  python -m harness submit results --out glue_submission.zip   # GLUE test predictions, leaderboard format
+  python -m harness plot results/runs/quickstart/seed42   # training curves as a PNG
 environment: GLUE_DIR (local GLUE folder), KD_HARNESS_CACHE (default ~/.cache/kd-harness),
   KD_HARNESS_TEACHERS (card folder, default ./teachers of the checkout), KD_HARNESS_CPU_BF16=0 (precision
   auto means fp32 on this CPU even if it has native bf16), HF_HUB_OFFLINE."""
@@ -72,9 +77,17 @@ def cmd_run(args) -> int:
                    teachers_dir=args.teachers_dir, force=args.force, teacher_cache=not args.no_teacher_cache,
                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints)
     engine.init_distributed()
+    progress = None
+    if len(plans) > 1 and engine.is_main():
+        from harness.progress import Progress
+
+        progress = Progress(plans, args.results_dir, opts.glue_dir, args.force)
     stages = []
     for plan in plans:
-        stages += runner.run_recipe(plan, opts)
+        trained = runner.run_recipe(plan, opts)
+        stages += trained
+        if progress is not None:
+            print(progress.update(trained), flush=True)
     if engine.is_main() and (line := runner.cache_summary(stages)):
         print(line, flush=True)
     if engine.is_main() and not args.no_tables:
@@ -193,11 +206,77 @@ def _verify_cache() -> int:
     return 1 if bad else 0
 
 
+def cmd_study(args) -> int:
+    from harness import study_cmd
+    from harness.study import load_study
+    from harness.tasks import resolve_glue_dir
+
+    sp = load_study(args.study, args.teachers_dir)
+    glue_dir = resolve_glue_dir(args.glue_dir)
+    if args.action == "plan":
+        from harness.study_cost import report
+
+        print(report(sp, args.results_dir, glue_dir))
+        return 0
+    if args.action == "run":
+        from harness import engine
+        from harness.options import Options
+
+        opts = Options(results_dir=args.results_dir, glue_dir=glue_dir, teachers_dir=args.teachers_dir,
+                       checkpoint_every=args.checkpoint_every)
+        engine.init_distributed()
+        study_cmd.run_study(sp, opts, args.allow_dirty)
+    if args.action in ("run", "speed"):
+        for p in study_cmd.measure_speed(sp, args.results_dir, glue_dir, args.threads):
+            print(f"wrote {p}")
+    for p in study_cmd.write_tables(sp, args.results_dir, args.allow_dirty):
+        print(f"wrote {p}")
+    return 0
+
+
 def cmd_retime(args) -> int:
     from harness.bench import retime
 
     n = retime(args.results_dir)
     print(f"re-timed {n} records; `python -m harness tables` to rebuild the speed table")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from harness.export import check_lines, export
+    from harness.tasks import resolve_glue_dir
+
+    glue_dir = resolve_glue_dir(args.glue_dir) if not args.no_check or args.onnx else None
+    e = export(args.run_dir, args.out, args.seed, args.onnx, not args.no_check, glue_dir, args.teachers_dir)
+    m = e.record
+    print(f"exported {e.record_dir} ({m.model}, {m.task}, seed {m.seed}, dev score {100 * m.score:.2f}"
+          + (f", best of {len(e.seeds)} seeds" if len(e.seeds) > 1 and args.seed is None else "") + f") to {e.out}")
+    print("  " + ", ".join(sorted(str(p.relative_to(e.out)) for p in e.out.rglob("*") if p.is_file())))
+    for line in check_lines(e.check, m) if e.check else []:
+        print("  " + line)
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from harness.submit import build
+    from harness.tasks import resolve_glue_dir
+
+    lines = build(args.target, args.out, resolve_glue_dir(args.glue_dir), args.row, args.results_dir)
+    for ln in lines:
+        print(f"{ln.file:12s} {f'{ln.written} rows' if ln.written is not None else 'left out':>10s}  {ln.what}")
+    n = sum(ln.written is not None for ln in lines)
+    print(f"wrote {args.out}: {n} of {len(lines)} leaderboard files; it passes the format check (header, "
+          "indices 0..n-1 once each, prediction values, test-set row counts)")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from harness.curves_plot import plot_run
+
+    out, note = plot_run(args.run_dir, args.out)
+    if note:
+        print(f"note: {note}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -213,6 +292,35 @@ def cmd_teachers(args) -> int:
         card = load_card(find_card(name, Path.cwd(), args.teachers_dir))
         print(f"{card.name}: {card.install_offline()}")
     return 0
+
+
+def _handover_parsers(add) -> None:
+    """export, submit and plot: what leaves the harness (a model, a leaderboard submission, a plot)."""
+    ex = add("export", cmd_export, "a run's trained model as a plain Hugging Face folder (config, safetensors, "
+                                   "tokenizer) with a model card (README.md); it is scored again on dev, and "
+                                   "--onnx adds an ONNX copy checked against it", cards=True)
+    ex.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run record folder (results/runs/<name>/seed<N>), "
+                    "or a folder of seeds (results/runs/<name>, a study cell): every seed goes on the card")
+    ex.add_argument("--out", type=Path, required=True, help="the folder to write (new or empty)")
+    ex.add_argument("--seed", type=int, default=None, help="which seed to export (default: the best on dev)")
+    ex.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx and check it against the "
+                    "PyTorch model on dev (largest logit difference: printed, in onnx/parity.json and the card); "
+                    "needs pip install -e '.[export]'")
+    ex.add_argument("--no-check", action="store_true", help="do not score the exported folder on dev again")
+    ex.add_argument("--glue-dir", default=None, help="local GLUE folder for the dev check (default: $GLUE_DIR)")
+    sb = add("submit", cmd_submit, "GLUE test-set predictions of the best student per task (dev score) in the "
+                                   "leaderboard's format: one zip, one TSV per task; tasks without a model or "
+                                   "a test file are listed, never filled in", results=True)
+    sb.add_argument("target", type=Path, metavar="RESULTS_OR_STUDY", help="a results folder (results), a study's "
+                    "(results/studies/<name>) or a study file (studies/<name>.yaml)")
+    sb.add_argument("--out", type=Path, default=Path("glue_submission.zip"), help="the zip to write")
+    sb.add_argument("--row", default=None, help="only this recipe row (glob), e.g. 'kd/minilm3L_from_minilm'")
+    sb.add_argument("--glue-dir", default=None, help="local GLUE folder with the test files (default: $GLUE_DIR)")
+    pl = add("plot", cmd_plot, "draw a run's training curves (curves.csv: losses per term, learning rate, "
+                               "examples/s, teacher weights) as a PNG; a record without curves.csv is drawn from "
+                               "its metrics.json loss history")
+    pl.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run record folder")
+    pl.add_argument("--out", type=Path, default=None, help="the PNG to write (default: RUN_DIR/curves.png)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -276,6 +384,21 @@ def parser() -> argparse.ArgumentParser:
                                  "every cache entry (teachers, stages, students, teacher outputs, tokenized data) "
                                  "against its manifest of file sizes and hashes (exit 1 if one is damaged)")
     ca.add_argument("action", choices=["ls", "clear", "verify"])
+    st = add("study", cmd_study, "a study (studies/<name>.yaml): 'plan' prints its matrix and an estimate of its cost "
+                                 "without training; 'run' trains every cell that lacks a record of this commit (a "
+                                 "dirty tree is refused), measures speed once per architecture and writes the "
+                                 "tables; 'speed' measures speed again; 'tables' rebuilds the tables only "
+                                 "(results/studies/<name>/)", cards=True, results=True)
+    st.add_argument("action", choices=["plan", "run", "tables", "speed"])
+    st.add_argument("study", type=Path, help="the study file, e.g. studies/zoo.yaml")
+    st.add_argument("--allow-dirty", action="store_true",
+                    help="run (or tabulate) with uncommitted changes; every cell of the table then says so")
+    st.add_argument("--glue-dir", default=None, help="local GLUE folder (default: $GLUE_DIR, else the Hub)")
+    st.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for the speed measurement (default: 2, or fewer cores if fewer)")
+    st.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS",
+                    help="as for run: save each training stage every STEPS optimiser steps (default: 200)")
+    _handover_parsers(add)
     te = add("teachers", cmd_teachers, "list teacher cards, or install their offline checkpoints", cards=True)
     te.add_argument("action", choices=["list", "install"])
     te.add_argument("names", nargs="*", help="cards to install (default: all)")

@@ -19,33 +19,52 @@ from torch import nn
 
 from harness import bench
 from harness.engine import barrier, is_main
-from harness.integrity import intact, locked, write_manifest
+from harness.integrity import intact, locked, model_id, write_manifest
 from harness.models import count_parameters, save_model, weights_size_bytes
 from harness.recipe_parts import SpeedSettings
-from harness.records import read_record
+from harness.records import read_record, record_commit
 from harness.run_record import RunRecord
 
 Entry = tuple[Path, Path]  # (cache folder, record folder under results/runs)
 
 
-def is_done(folder: Path) -> bool:
-    """A complete, undamaged entry (damage is reported: the caller rebuilds it)."""
-    return (folder / "record" / "metrics.json").exists() and intact(folder, "a cached model")
+def is_done(folder: Path, commit: str | None = None) -> bool:
+    """A complete, undamaged entry (damage is reported: the caller rebuilds it), trained at ``commit``
+    when one is given (a study: every record from one commit)."""
+    if not ((folder / "record" / "metrics.json").exists() and intact(folder, "a cached model")):
+        return False
+    if commit is not None and (was := record_commit(folder / "record")) != commit:
+        if is_main():
+            print(f"note: {folder.name} was trained at commit {str(was)[:10]}; this study runs at "
+                  f"{commit[:10]}: training it again", flush=True)
+        return False
+    return True
 
 
-def cached_run(entries: list[Entry], train: Callable[[list[Path]], None]) -> list[RunRecord]:
+def _copy_record(folder: Path, record_dir: Path, replace: bool) -> None:
+    """The cached model's record into the results folder.  A run keeps a record already there (one
+    trained elsewhere, which its students' teacher_scores tell apart); a study replaces one that differs,
+    so its teacher records are those of the instances its students read."""
+    there = record_dir / "metrics.json"
+    if there.exists() and (not replace or there.read_bytes() == (folder / "record" / "metrics.json").read_bytes()):
+        return
+    shutil.rmtree(record_dir, ignore_errors=True)
+    shutil.copytree(folder / "record", record_dir)
+
+
+def cached_run(entries: list[Entry], train: Callable[[list[Path]], None], commit: str | None = None) -> list[RunRecord]:
     """The records of the cached models ``entries`` name, training them first unless every one is
     done.  ``train(tmps)`` runs on every rank; rank 0 writes each model into its ``tmps[i]`` and its
     record into ``tmps[i] / "record"``.  Models trained together (co-finetuning) share one call.
-    Rank 0 holds the entries' lock throughout, so a second process waits and then reuses them."""
+    Rank 0 holds the entries' lock throughout, so a second process waits and then reuses them.  With
+    ``commit`` (a study), an entry trained at another commit is trained again."""
     with locked(entries[0][0], "this model") if is_main() else contextlib.nullcontext():
         barrier()  # the other ranks wait until rank 0 holds the lock
-        if not all(is_done(folder) for folder, _ in entries):
+        if not all(is_done(folder, commit) for folder, _ in entries):
             _train_into_place(entries, train)
         if is_main():
             for folder, record_dir in entries:
-                if not (record_dir / "metrics.json").exists():
-                    shutil.copytree(folder / "record", record_dir, dirs_exist_ok=True)
+                _copy_record(folder, record_dir, replace=commit is not None)
         barrier()
     return [read_record(folder / "record") for folder, _ in entries]
 
@@ -66,10 +85,10 @@ def _train_into_place(entries: list[Entry], train: Callable[[list[Path]], None])
 
 def finish(model: nn.Module, tok, out_dir: Path, speed: SpeedSettings) -> dict:
     """Save the trained model (fp32 safetensors) into a fresh ``out_dir`` and time it; rank 0 only.
-    Returns the record's ``params``, ``size_bytes`` and ``speed``."""
+    Returns the record's ``params``, ``size_bytes``, ``speed`` and ``instance``."""
     shutil.rmtree(out_dir, ignore_errors=True)  # nothing left from an interrupted run
     save_model(model, tok, out_dir)
-    return {"params": count_parameters(model), "size_bytes": weights_size_bytes(out_dir),
+    return {"params": count_parameters(model), "size_bytes": weights_size_bytes(out_dir), "instance": model_id(out_dir),
             "speed": bench.measure(model, speed.seq_len, speed.throughput_batch, speed.iters)}
 
 

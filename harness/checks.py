@@ -7,7 +7,9 @@ Every check takes a :class:`~harness.resolved.RunPlan` (cards already loaded) an
 """
 from __future__ import annotations
 
+from harness.mlm_check import check_mlm_teachers
 from harness.losses import TERMS, Shape, Term, TermError
+from harness.losses.distilbert import share_mlm_head
 from harness.models import HEADS, tokenizer_id_at
 from harness.recipe_parts import Phase, TeacherLayersStudent
 from harness.resolved import RunPlan
@@ -41,17 +43,33 @@ def check_plan(plan: RunPlan, where: str = "") -> None:
             try:
                 build_terms(phase, student, teachers, where + phase_where)
             except ConfigError as e:
-                raise ConfigError(f"{plan.path}: {e}") from None
+                raise ConfigError(f"{plan.path}: {e}{failing_teachers(plan, phase, student)}") from None
     check_tokenizers(plan, head)
+    check_mlm_teachers(plan, head)
+
+
+def failing_teachers(plan: RunPlan, phase: Phase, student: Shape) -> str:
+    """With several teachers, which of them a term cannot be built for (a width without projection, a
+    head count, a layer map past its depth), since the term's own message names no teacher."""
+    if len(plan.teachers) < 2:
+        return ""
+    bad = []
+    for k, t in enumerate(plan.teachers):
+        try:
+            build_terms(phase, student, [t.shape])
+        except ConfigError:
+            bad.append(f"teachers[{k}] ({t.label})")
+    return f"; it cannot be built for {', '.join(bad)}" if bad else ""
 
 
 def check_cofinetune(plan: RunPlan, head: str) -> None:
     cards = [t.card for t in plan.teachers]
     if len(cards) < 2 or None in cards:
         raise ConfigError(f"{head}cofinetune: needs two or more teachers, all cards (not stages)")
-    if any(t.ref.finetune for t in plan.teachers):
+    if any(set(t.ref.finetune.root) - {"seed"} for t in plan.teachers):
         raise ConfigError(f"{head}cofinetune: the teachers are fine-tuned together; put fine-tuning overrides in "
-                          "cofinetune, not in teachers[].finetune")
+                          "cofinetune, not in teachers[].finetune (which may hold only a seed: that teacher's own "
+                          "dropout stream in the joint run)")
     widths = {c.name: c.hidden for c in cards}
     if len(set(widths.values())) > 1:
         raise ConfigError(f"{head}cofinetune: the shared pooling and prediction layer need one hidden width, but "
@@ -63,6 +81,23 @@ def check_cofinetune(plan: RunPlan, head: str) -> None:
         cards[0].finetune_for(plan.task.name, plan.recipe.cofinetune)
     except ConfigError as e:
         raise ConfigError(f"{head}cofinetune: {e}") from None
+    check_cofinetuned_copies(plan, head)
+
+
+def check_cofinetuned_copies(plan: RunPlan, head: str) -> None:
+    """Copies of one card, co-finetuned, differ only by their dropout seeds: each needs one seed of its own,
+    or two entries would be one model trained twice (and one cache folder written twice)."""
+    for i, t in enumerate(plan.teachers):
+        if not isinstance(t.ref.finetune.root.get("seed", 0), int):
+            raise ConfigError(f"{head}teachers[{i}].finetune.seed: one seed per co-finetuned teacher, not a list")
+    seeds = plan.cofinetune_seeds() or [None] * len(plan.teachers)
+    seen: dict = {}
+    for i, (t, seed) in enumerate(zip(plan.teachers, seeds)):
+        j = seen.setdefault((t.card.name, seed), i)
+        if j != i:
+            same = "the joint run's seed" if seed is None else f"dropout seed {seed}"
+            raise ConfigError(f"{head}teachers[{i}]: {t.card.name} with {same}, as teachers[{j}]: co-finetuned, "
+                              "the two would be one model; give each copy its own finetune: {seed: N}")
 
 
 def check_tokenizers(plan: RunPlan, head: str) -> None:
@@ -78,7 +113,8 @@ def check_tokenizers(plan: RunPlan, head: str) -> None:
         return
     for phase_where, phase in plan.recipe.named_phases():
         for i, spec in enumerate(phase.objective):
-            if TERMS.get(spec.term).level == "features":
+            cls = TERMS.get(spec.term)
+            if cls.level == "features" or (cls.level == "mlm" and cls.needs_teacher):  # positions or vocabularies
                 raise ConfigError(
                     f"{head}{phase_where}objective[{i}]: {spec.term} compares the models token by token, "
                     f"but {', '.join(other)} tokenize{'s' if len(other) == 1 else ''} text differently from the "
@@ -99,4 +135,5 @@ def build_terms(phase: Phase, student: Shape, teachers: list[Shape], where: str 
             raise ConfigError(f"{where}objective[{i}]: {spec.term} has no layer map, so it cannot be "
                               "trained block by block in a progressive phase")
         out.append((term, spec.weight))
+    share_mlm_head([t for t, _ in out])  # mlm and mlm_kd read one student MLM head, as in DistilBERT
     return out

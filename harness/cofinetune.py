@@ -7,9 +7,14 @@ shared by all teachers i.  Here the sharing is literal: every teacher's own clas
 at the same two ``nn.Linear`` modules, each model keeps its own forward (its dropout, its first-token
 pooling), and after training each teacher is an ordinary Hugging Face classifier whose head holds the
 shared weights.  Each teacher reads the text through its own tokenizer; all see the same batches.
+
+Copies of one card (several teachers of one structure) start from the same pretrained weights and the
+same shared head and see the same batches, so only their dropout can set them apart: given per-teacher
+seeds, each teacher draws its dropout from a stream of its own (:func:`_own_dropout`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -32,11 +37,30 @@ def _swap(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, new)
 
 
+@contextlib.contextmanager
+def _own_dropout(seed: int | None, step: int):
+    """Run one teacher's forward on a dropout stream of its own, drawn from (seed, step, rank) alone:
+    copies of one card then train apart, and a resumed run redraws exactly what it would have drawn
+    (the stream needs no saved state).  The global stream is put back afterwards, so the data order
+    and the other teachers are untouched.  ``seed`` None: the forward draws from the global stream."""
+    if seed is None:
+        yield
+        return
+    cuda = torch.cuda.is_available()
+    draw = int(np.random.SeedSequence([seed, step, world()[0]]).generate_state(1)[0])
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+        torch.default_generator.manual_seed(draw)
+        if cuda:
+            torch.cuda.manual_seed(draw)  # the current device's generator, which its dropout reads
+        yield
+
+
 class Joint(nn.Module):
     """The teachers with their heads tied to one shared pooling dense and one prediction layer."""
 
-    def __init__(self, models: list[nn.Module]):
+    def __init__(self, models: list[nn.Module], seeds: list[int] | None = None):
         super().__init__()
+        self.seeds = seeds or [None] * len(models)  # per-teacher dropout seeds (None: the shared stream)
         first = models[0]
         pool, pred = (first.get_submodule(p) for p in HEADS[first.config.model_type])
         self.pool = nn.Linear(pool.in_features, pool.out_features)
@@ -49,21 +73,24 @@ class Joint(nn.Module):
             _swap(m, pred_name, self.pred)
         self.models = nn.ModuleList(models)
 
-    def forward(self, inputs: list[dict], labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    def forward(self, inputs: list[dict], labels: torch.Tensor, regression: bool, step: int = 0) -> torch.Tensor:
         loss = 0.0
-        for m, x in zip(self.models, inputs):
-            logits = m(**x).logits.float()  # [B, C]
+        for m, x, seed in zip(self.models, inputs, self.seeds):
+            with _own_dropout(seed, step):
+                logits = m(**x).logits.float()  # [B, C]
             loss = loss + (F.mse_loss(logits.squeeze(-1), labels.float()) if regression else F.cross_entropy(logits, labels))
         return loss
 
 
 def cofinetune(models: list[nn.Module], datasets: list, pad_ids: list[int], regression: bool, training: Training,
-               seed: int, desc: str, checkpoint: StageCheckpoint | None = None) -> tuple[list[nn.Module], dict]:
+               seed: int, desc: str, checkpoint: StageCheckpoint | None = None,
+               teacher_seeds: list[int] | None = None) -> tuple[list[nn.Module], dict]:
     """Fine-tune ``models`` jointly on row-aligned tokenizations ``datasets`` of one training set;
     returns the trained models (heads holding the shared weights) and training stats.  With
-    ``checkpoint`` it saves as it goes and resumes an interrupted run (:mod:`harness.resume`)."""
+    ``checkpoint`` it saves as it goes and resumes an interrupted run (:mod:`harness.resume`).
+    ``teacher_seeds`` gives each model a dropout stream of its own (else all draw from one)."""
     torch.manual_seed(seed)
-    joint = Joint(models)
+    joint = Joint(models, teacher_seeds)
     settings = DeepSpeedSettings()
     n = len(datasets[0])
     total = training.max_steps or max(1, math.ceil(training.epochs * math.ceil(n / training.batch_size)))
@@ -105,7 +132,7 @@ class _JointLoop:
                 rows = rank_shard(gbatch, rank, world_size)
                 batches = [to_device(c([ds[int(i)] for i in rows]), dev) for c, ds in zip(self.collates, self.datasets)]
                 loss = self.engine([{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches], batches[0]["labels"],
-                                   self.regression)
+                                   self.regression, self.step)
                 self.engine.backward(loss)
                 self.engine.step()
                 self.loss_sum += loss.detach().float()

@@ -13,8 +13,8 @@ import torch
 from harness.engine import rank0_first
 from harness.integrity import intact, locked, write_manifest
 from harness.paths import cache_dir
-from harness.recipe_parts import Training
-from harness.tasks import Task, load_split
+from harness.recipe_parts import Corpus, Training
+from harness.tasks import TASKS, Task, get_task, load_split
 
 # The training cap draws its sample with a fixed seed, independent of the run's seed, so that a teacher
 # and every student trained with the same cap see the same examples (otherwise seed variance and
@@ -104,6 +104,29 @@ def tokenize_corpus(lines: list[str], tokenizer, max_length: int, cap: int | Non
 
     return _cached_map(ds, encode, cache_dir() / "tokenized" / "corpus" / key, ["text_a"],
                        f"tokenizing corpus ({len(ds)} lines)")
+
+
+def corpus_tasks(corpus: Corpus) -> list[Task]:
+    """The GLUE tasks whose training text a corpus reads (``glue: all``: every registered task)."""
+    return [task for _, task in TASKS.items()] if corpus.glue == "all" else [get_task(t) for t in corpus.glue]
+
+
+def corpus_cap(corpus: Corpus, training: Training) -> int | None:
+    """How many lines a corpus phase trains on at most: the corpus's own cap and the phase's
+    max_train_examples, whichever is smaller, so that a quick run's ``--set
+    training.max_train_examples=N`` shrinks the general phases along with the task ones."""
+    caps = [c for c in (corpus.max_examples, training.max_train_examples) if c is not None]
+    return min(caps) if caps else None
+
+
+def corpus_dataset(corpus: Corpus, tok, training: Training, recipe_dir: Path, glue_dir: Path | None):
+    """A corpus phase's text (files, then GLUE training sentences), capped and tokenized once."""
+    files = [Path(f).expanduser() if Path(f).expanduser().is_absolute() else recipe_dir / f for f in corpus.files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"corpus files not found: {missing}")
+    return rank0_first(lambda: tokenize_corpus(corpus_lines(files, corpus_tasks(corpus), glue_dir), tok,
+                                               training.max_length, corpus_cap(corpus, training)))
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:

@@ -17,6 +17,7 @@ from deepspeed.accelerator import get_accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
+from harness import curves
 from harness.data import Collator, length_grouped_batches, loader, rank_shard
 from harness.engine import MODEL_INPUTS, LrScale, device, initialize, model_dtype, to_device, world
 from harness.features import Need, forward_features, mixed_forward
@@ -86,7 +87,7 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
         teachers = []  # e.g. the no-KD baseline or a fine-tuning phase: no teacher forward at all
     per_epoch = math.ceil(len(train_ds) / training.batch_size)
     total = training.max_steps or max(1, math.ceil(training.epochs * per_epoch))
-    engine = initialize(module, training, settings, total, lr_scale)
+    engine = initialize(module, training, settings, total, lr_scale, _monitor(settings, checkpoint, desc, seed))
     if training.compile:  # torch.compile of the student (its term modules run eagerly around it)
         engine.module.student.compile()
     dtype = model_dtype(settings)
@@ -102,6 +103,20 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     loop.run(total, desc, checkpoint)
     stats = loop.stats(student, weighting)
     return engine, stats
+
+
+def _monitor(settings: DeepSpeedSettings, checkpoint: StageCheckpoint | None, desc: str, seed: int) -> dict:
+    """The stage's DeepSpeed monitor sections (:mod:`harness.curves`): CSV files beside its checkpoints,
+    where a resumed stage goes on appending; a stage without checkpoints gets no CSV files."""
+    csv_folder = None
+    if checkpoint is not None:
+        csv_folder = curves.stage_folder(checkpoint.folder)
+        if checkpoint.latest() is None and world()[0] == 0:
+            curves.fresh_start(checkpoint.folder)
+    # a TensorBoard run per stage: the run's checkpoint folder names its recipe hash and seed
+    job = f"{desc} " + (f"{checkpoint.folder.parent.name} {checkpoint.folder.name}" if checkpoint is not None
+                       else f"seed{seed}")
+    return curves.monitor_config(settings.monitor, csv_folder, job)
 
 
 class StageLoop:
@@ -120,6 +135,8 @@ class StageLoop:
         self.parts_sum = torch.zeros(len(engine.module.terms), device=self.dev)
         self.weights_sum, self.weights_n = torch.zeros(max(1, n_teachers), device=self.dev), 0
         self.history, self.weight_history = [], []
+        self.term_names = curves.term_names(engine.module.terms)
+        self.mark = (time.perf_counter(), 0)  # (time, examples seen) at the last log: examples/s between logs
         self.step, self.seen, self.epoch, self.total, self.wall = 0, 0, 0, 0, 0.0
         self.epoch_start, self.finished = 0, False  # the step the current epoch began at; resumed finished
 
@@ -139,6 +156,7 @@ class StageLoop:
             (0 if self.dev.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) // 2)))
         bar = tqdm(total=total, initial=self.step, desc=desc, disable=rank != 0, unit="step", dynamic_ncols=True)
         start = time.perf_counter() - self.wall  # a resumed stage's wall time includes its earlier part
+        self.mark = (time.perf_counter(), self.seen)
         while self.step < total:
             gbatches = length_grouped_batches(lengths, self.training.batch_size, self.seed, self.epoch)
             gbatches = gbatches[:total - self.epoch_start][skip:]  # a resumed epoch skips what it did
@@ -218,7 +236,12 @@ class StageLoop:
         every = self.training.log_every
         k = every if self.step % every == 0 else self.step % every
         avg = (self.loss_sum / (k * self.ga)).item()
-        self.history.append({"step": self.step, "loss": avg, "terms": (self.parts_sum / (k * self.ga)).tolist()})
+        terms = (self.parts_sum / (k * self.ga)).tolist()
+        self.history.append({"step": self.step, "loss": avg, "terms": terms})
+        now = time.perf_counter()  # after the sync above: the device has done these steps
+        rate = (self.seen - self.mark[1]) / max(now - self.mark[0], 1e-9)
+        self.mark = (now, self.seen)
+        self.engine.monitor.write_events(curves.loss_events(self.engine.global_samples, avg, terms, self.term_names, rate))
         self.loss_sum.zero_()
         self.parts_sum.zero_()
         return avg
@@ -227,6 +250,7 @@ class StageLoop:
         if self.feed.teachers:  # the teacher weights actually used, averaged over the epoch's micro-batches
             mean = (self.weights_sum / self.weights_n).tolist()
             self.weight_history.append({"epoch": self.epoch + 1, "mean": [round(w, 4) for w in mean]})
+            self.engine.monitor.write_events(curves.weight_events(self.engine.global_samples, mean))
             self.weights_sum.zero_()
             self.weights_n = 0
         self.epoch += 1

@@ -135,11 +135,12 @@ def to_device(batch: dict, dev: torch.device) -> dict:
 
 
 def initialize(module: nn.Module, training: Training, settings: DeepSpeedSettings, total_steps: int,
-               lr_scale: LrScale | None = None):
+               lr_scale: LrScale | None = None, monitor: dict | None = None):
     """The DeepSpeed engine for ``module``: AdamW (``optimizer``), linear warm-up and decay over
-    ``total_steps``, batch and precision from the recipe."""
+    ``total_steps``, batch and precision from the recipe; ``monitor``: the config's monitor sections
+    (``csv_monitor``, ``tensorboard``, ``wandb``: :func:`harness.curves.monitor_config`)."""
     engine, _, _, _ = deepspeed.initialize(
         model=module, optimizer=optimizer(module, training, lr_scale),
-        config=ds_config(training, settings, world()[1]),
+        config=ds_config(training, settings, world()[1]) | (monitor or {}),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total_steps, training.warmup_ratio)))
     return engine

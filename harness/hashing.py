@@ -15,11 +15,15 @@ from typing import Any
 # same batches: tests/test_run.py), with their defaults.  tests/test_recipes.py checks these defaults
 # against the Training schema.
 OPERATIONAL: dict[str, Any] = {"log_every": 50, "loader_workers": None}
+# Keys left out of hashes altogether: settings that say only where a run reports, added after records
+# existed whose specs never held them (deepspeed.monitor: curves files, TensorBoard, W&B).
+UNHASHED = ("monitor",)
 
 
 def _operational_at_default(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: OPERATIONAL[k] if k in OPERATIONAL else _operational_at_default(v) for k, v in obj.items()}
+        return {k: OPERATIONAL[k] if k in OPERATIONAL else _operational_at_default(v) for k, v in obj.items()
+                if k not in UNHASHED}
     if isinstance(obj, list):
         return [_operational_at_default(v) for v in obj]
     return obj

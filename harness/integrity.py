@@ -45,6 +45,25 @@ def write_manifest(folder: Path) -> None:
     tmp.rename(folder / MANIFEST)
 
 
+WEIGHTS = (".safetensors", ".bin")
+
+
+def model_id(folder: Path) -> str:
+    """A saved model's identity: a hash of its weight files' SHA-256 (from its manifest when it has one,
+    else read now).  Two runs read the same teacher instance exactly when their ids are equal: a spec
+    hash says how a model was to be trained, this says which weights came out."""
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        listed = json.loads(manifest.read_text())["files"]
+        digests = {n: f["sha256"] for n, f in listed.items() if "/" not in n and n.endswith(WEIGHTS)}
+    else:
+        digests = {p.name: file_digest(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHTS)}
+    if not digests:
+        raise FileNotFoundError(f"no weight files ({', '.join(WEIGHTS)}) in {folder}")
+    joined = "\n".join(f"{n} {d}" for n, d in sorted(digests.items()))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
 def problems(folder: Path) -> list[str]:
     """What is wrong with an entry: [] when its manifest matches every file (sizes, then hashes)."""
     manifest = folder / MANIFEST

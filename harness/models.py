@@ -1,4 +1,5 @@
-"""Building models: pretrained teachers, and students cut from a teacher, loaded, or made from a config."""
+"""Building models: pretrained teachers, and students cut from a teacher, loaded, or made from a config
+(the tokenizer card's architecture, or MobileBERT's bottleneck one)."""
 from __future__ import annotations
 
 import functools
@@ -10,9 +11,10 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, MobileBertConfig
 
-from harness.recipe_parts import ConfigStudent, PretrainedStudent, Student, TeacherLayersStudent
+from harness.recipe_parts import ConfigStudent, MobileBertStudent, PretrainedStudent, Student, TeacherLayersStudent
+from harness.recipe_students import student_label
 from harness.tasks import Task
 from harness.teachers import Card
 
@@ -85,14 +87,18 @@ def build_student(s: Student, card: Card | None, task: Task, seed: int):
     if isinstance(s, TeacherLayersStudent):
         path = card.pretrained_path()
         model = keep_layers(load_classifier(path, task), s.layers)
-        label = s.name or f"{len(s.layers)}L-from-{card.name}"
-        return model, load_tokenizer(path), label
+        return model, load_tokenizer(path), student_label(s, card)
     if isinstance(s, PretrainedStudent):
-        return load_classifier(s.checkpoint, task), load_tokenizer(s.checkpoint), s.name or Path(s.checkpoint).name
+        return load_classifier(s.checkpoint, task), load_tokenizer(s.checkpoint), student_label(s, card)
     assert isinstance(s, ConfigStudent)
     path = card.pretrained_path()
     tok = load_tokenizer(path)
     base = AutoConfig.from_pretrained(path)
+    if isinstance(s, MobileBertStudent):
+        # transformers' own MobileBertForSequenceClassification, picked by the auto class from the config (and
+        # imported only when a MobileBERT student is built: its module is slow to import)
+        model = AutoModelForSequenceClassification.from_config(mobilebert_config(s, tok, base, task))
+        return model, tok, student_label(s, card)
     config = AutoConfig.for_model(
         base.model_type,
         vocab_size=base.vocab_size,
@@ -106,8 +112,34 @@ def build_student(s: Student, card: Card | None, task: Task, seed: int):
         problem_type="regression" if task.is_regression else "single_label_classification",
     )
     model = AutoModelForSequenceClassification.from_config(config)
-    label = s.name or f"{s.layers}L-H{s.hidden}"
-    return model, tok, label
+    return model, tok, student_label(s, card)
+
+
+def mobilebert_config(s: MobileBertStudent, tok, base, task: Task) -> MobileBertConfig:
+    """transformers' MobileBERT config for a recipe's student (Sun et al. 2020, Table 1): bottlenecks on
+    (one for the residual path, one shared by queries and keys; values read the wide block input, as in
+    transformers' defaults, those of the released google/mobilebert-uncased), trigram (kernel-3)
+    factorised embeddings.  The vocabulary is the tokenizer's whole one, added tokens included, so every
+    id it produces has an embedding; positions as many as the card's model has."""
+    return MobileBertConfig(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        max_position_embeddings=base.max_position_embeddings,
+        hidden_size=s.hidden,
+        intra_bottleneck_size=s.bottleneck,
+        use_bottleneck=True,
+        key_query_shared_bottleneck=True,
+        use_bottleneck_attention=False,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        intermediate_size=s.ffn,
+        num_feedforward_networks=s.ffns,
+        embedding_size=s.embedding,
+        trigram_input=True,
+        normalization_type=s.normalization,
+        num_labels=task.num_labels,
+        problem_type="regression" if task.is_regression else "single_label_classification",
+    )
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

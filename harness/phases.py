@@ -14,18 +14,19 @@ import torch
 from transformers import DataCollatorForLanguageModeling
 
 from harness.checks import build_terms
-from harness.data import corpus_lines, tokenize_corpus, tokenize_task
+from harness.corpus_teachers import general_teachers
+from harness.data import corpus_dataset, tokenize_task
 from harness.distill import Teacher, train_stage
-from harness.engine import device, rank0_first
+from harness.engine import device
 from harness.evaluate import evaluate
 from harness.features import Need
-from harness.losses import Shape
-from harness.models import encoder_layers, load_classifier
+from harness.losses import TERMS, Shape
+from harness.models import encoder_layers
 from harness.options import Options
-from harness.recipe_parts import Corpus, DeepSpeedSettings, Phase, Progressive, Training
+from harness.recipe_parts import ConfigStudent, DeepSpeedSettings, Phase, Progressive, Training
 from harness.resolved import RunPlan
 from harness.resume import Checkpoints
-from harness.tasks import Task, get_task
+from harness.tasks import Task
 from harness.weighting import WeightingSpec
 
 
@@ -48,9 +49,15 @@ def shape_of(model) -> Shape:
     return Shape(len(encoder_layers(model)), model.config.hidden_size, model.config.num_attention_heads)
 
 
-def progressive_scale(block: int, spec: Progressive):
+def progressive_scale(block: int, spec: Progressive, random_embeddings: bool = False):
     """lr multipliers while block ``block`` is trained: 1 for it, 0 (frozen) or spec.lr_scale for what is
-    below it (embeddings, shared position bias, lower blocks), 0 for the blocks above and the head."""
+    below it (embeddings, shared position bias, lower blocks), 0 for the blocks above and the head.
+
+    MobileBERT (Sun et al. 2020, "Training Strategies") copies the teacher's embeddings into the student
+    before the first block, so they count as "below" it.  A student built from a config
+    (``random_embeddings``, e.g. a MobileBERT one, whose factorised embeddings no standard teacher's could
+    fill) has nothing to copy: its embeddings train with block 0 (lr 1), then count as below the later
+    blocks."""
     lower = 0.0 if spec.lower == "freeze" else spec.lr_scale
 
     def scale(name: str) -> float:
@@ -58,6 +65,8 @@ def progressive_scale(block: int, spec: Progressive):
         if m:
             b = int(m.group(1))
             return 1.0 if b == block else lower if b < block else 0.0
+        if ".embeddings." in name and random_embeddings and block == 0:
+            return 1.0
         return lower if ".embeddings." in name or "encoder." in name else 0.0
     return scale
 
@@ -80,7 +89,7 @@ def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int,
             terms, lr_scale = phase_terms, None
             if block is not None:
                 terms = [(t, w) for t, w in phase_terms if t.restrict(block)]
-                lr_scale = progressive_scale(block, phase.progressive)
+                lr_scale = progressive_scale(block, phase.progressive, isinstance(plan.recipe.student, ConfigStudent))
                 if not terms:
                     continue
             desc = f"{phase.name}{'' if block is None else f' block {block}'}: {label}"
@@ -123,28 +132,17 @@ def _phase_inputs(plan: RunPlan, phase: Phase, tok, finetuned: list[Teacher], tr
                     replace(t, data=tokenize_task(task, t.tokenizer, training, opts.glue_dir)[0],
                             pad_id=t.tokenizer.pad_token_id) for t in finetuned]
         return teachers, train_ds, None
-    # general distillation: the pretrained encoders teach, on masked text
-    # (an assistant stage has no pretrained form: its trained model teaches here too)
-    teachers = [Teacher(load_classifier(rt.card.pretrained_path(), task), rt.weight, rt.card.pretrained_path())
-                if rt.card is not None else ft for rt, ft in zip(plan.teachers, finetuned)]
+    # general distillation: the pretrained encoders teach (harness.corpus_teachers), on unlabeled text
+    teachers = general_teachers(plan, phase, finetuned)
     if phase.corpus.files or phase.corpus.glue:
-        train_ds = _corpus(phase.corpus, tok, training, plan.path.parent, opts.glue_dir)
+        train_ds = corpus_dataset(phase.corpus, tok, training, plan.path.parent, opts.glue_dir)
     else:  # the task's own (capped) training text, labels unused
         train_ds = tokenize_task(task, tok, training, opts.glue_dir)[0].remove_columns("label")
     mask_tokens = None
-    if any(t.term == "mlm" for t in phase.objective):
+    if any(TERMS.get(t.term).level == "mlm" for t in phase.objective):  # mlm, mlm_kd: masked text for both models
         mlm = DataCollatorForLanguageModeling(tok, mlm_probability=phase.corpus.mlm_probability)
         mask_tokens = lambda ids: mlm.torch_mask_tokens(ids)  # noqa: E731  (global RNG, seeded per stage)
     return teachers, train_ds, mask_tokens
-
-
-def _corpus(corpus: Corpus, tok, training: Training, recipe_dir: Path, glue_dir: Path | None):
-    files = [Path(f).expanduser() if Path(f).expanduser().is_absolute() else recipe_dir / f for f in corpus.files]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"corpus files not found: {missing}")
-    return rank0_first(lambda: tokenize_corpus(corpus_lines(files, [get_task(t) for t in corpus.glue], glue_dir),
-                                               tok, training.max_length, corpus.max_examples))
 
 
 def gather_zero3(student):

@@ -1,5 +1,6 @@
-"""The sections a recipe is built from: teachers, student, objective terms, training, DeepSpeed and speed
-settings, corpus and progressive phases, teacher-assistant stages.
+"""The sections a recipe is built from: teachers, student (its kinds are in :mod:`harness.recipe_students`),
+objective terms, training, DeepSpeed and speed settings, corpus and progressive phases, teacher-assistant
+stages.
 
 Each is a strict pydantic model (:class:`harness.schema.Strict`: unknown keys are errors); the whole recipe
 and its cross-field checks are in :mod:`harness.recipe`.
@@ -7,12 +8,15 @@ and its cross-field checks are in :mod:`harness.recipe`.
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal, Union
+import importlib.util
+from typing import Any, Literal
 
 import pydantic
-from pydantic import BeforeValidator, ConfigDict, Field, RootModel, model_validator
+from pydantic import ConfigDict, Field, RootModel, model_validator
 
 from harness.losses import TERMS
+from harness.recipe_students import (ConfigStudent, MobileBertStudent, PretrainedStudent,  # noqa: F401 (re-exported)
+                                     Student, TeacherLayersStudent)
 from harness.registry import UnknownName
 from harness.schema import Strict
 from harness.tasks import get_task
@@ -100,63 +104,6 @@ class TeacherRef(Strict):
         return self.card or f"stage {self.stage}"
 
 
-class TeacherLayersStudent(Strict):
-    """DistilBERT-style: keep some of a teacher's layers (pretrained weights, not the fine-tuned ones)."""
-
-    init: Literal["teacher_layers"]
-    name: str | None = None
-    card: str | None = Field(None, description="card whose pretrained checkpoint is cut; default: first teacher")
-    layers: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="teacher layer indices to keep")
-
-
-class PretrainedStudent(Strict):
-    init: Literal["pretrained"]
-    name: str | None = None
-    checkpoint: str = Field(description="a Hub id, or a local model folder starting with ./, ../, / or ~")
-
-
-class ConfigStudent(Strict):
-    """A randomly initialised encoder of the given shape, using a card's tokenizer and vocabulary."""
-
-    init: Literal["config"]
-    name: str | None = None
-    tokenizer_card: str | None = Field(None, description="card whose tokenizer is used; default: first teacher")
-    layers: int = Field(gt=0)
-    hidden: int = Field(gt=0)
-    heads: int = Field(gt=0)
-    ffn: int = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        return self
-
-
-STUDENT_INITS = ("teacher_layers", "pretrained", "config")
-
-
-def _student_init(data: Any) -> Any:
-    """Name the missing or misspelled ``init`` and the allowed values, rather than pydantic's
-    "Unable to extract tag using discriminator"."""
-    if not isinstance(data, dict):
-        return data
-    allowed = ", ".join(STUDENT_INITS)
-    if "init" not in data:
-        typo = [k for k in data if difflib.get_close_matches(str(k), ["init"], n=1, cutoff=0.6)]
-        hint = f"; unknown key {typo[0]!r} (did you mean 'init'?)" if typo else ""
-        raise ValueError(f"missing 'init' (how the student is built: one of {allowed}){hint}")
-    if data["init"] not in STUDENT_INITS:
-        close = difflib.get_close_matches(str(data["init"]), STUDENT_INITS, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"init: {data['init']!r} is not a way to build a student{hint}; one of {allowed}")
-    return data
-
-
-Student = Annotated[Union[TeacherLayersStudent, PretrainedStudent, ConfigStudent], Field(discriminator="init"),
-                    BeforeValidator(_student_init)]
-
-
 class TermSpec(Strict):
     """One objective term: ``{term: hinton_kd, weight: 1.0, temperature: 2.0, ...}``.
 
@@ -193,6 +140,32 @@ class TermSpec(Strict):
         return {"term": name, "weight": weight, "params": params}
 
 
+class WandbSettings(Strict):
+    project: str = Field("kd-harness", description="the W&B project the runs go to")
+    team: str | None = Field(None, description="the W&B team (entity); default: your own account")
+    group: str | None = Field(None, description="a W&B group gathering the runs")
+
+
+class Monitor(Strict):
+    """DeepSpeed's monitors: where a training stage's curves go (harness.curves).  Operational: left
+    out of every hash (harness.hashing), so turning one on or off reuses cached models and records."""
+
+    csv: bool = Field(True, description="DeepSpeed's CSV monitor; its files become curves.csv in the run's "
+                                        "record folder (losses per term, learning rate, examples/s, teacher weights)")
+    tensorboard: str | None = Field(None, description="a folder for TensorBoard event files, one subfolder per "
+                                                      "run and stage (needs `pip install tensorboard`)")
+    wandb: WandbSettings | None = Field(None, description="log to Weights & Biases, one W&B run per training "
+                                                          "stage (needs `pip install wandb` and a login)")
+
+    @model_validator(mode="after")
+    def _installed(self):
+        # DeepSpeed would fail at the first training step, minutes in; say it at validation instead
+        for key, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+            if getattr(self, key) is not None and importlib.util.find_spec(package) is None:
+                raise ValueError(f"{key}: the {package} package is not installed (pip install {package})")
+        return self
+
+
 class DeepSpeedSettings(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -200,6 +173,8 @@ class DeepSpeedSettings(Strict):
                             "avx512_bf16 or AMX), fp32 elsewhere")
     gradient_accumulation_steps: int = Field(1, gt=0)
     gradient_clipping: float = Field(1.0, ge=0)
+    monitor: Monitor = Field(default_factory=Monitor, description="training curves through DeepSpeed's "
+                                                                  "monitors: CSV (on), TensorBoard, W&B")
 
 
 class SpeedSettings(Strict):
@@ -211,18 +186,21 @@ class SpeedSettings(Strict):
 class Corpus(Strict):
     """Unlabeled text for a general (task-agnostic) distillation phase.  With neither ``files`` nor
     ``glue`` (``corpus: {}``) it is the recipe's own task's training inputs, capped and tokenized as
-    for the task phase, labels ignored."""
+    for the task phase, labels ignored.  ``glue: all`` is the training text of every GLUE task (read
+    from the GLUE folder), the general corpus the DistilBERT and TinyBERT recipes use."""
 
     files: list[str] = Field(default_factory=list, description="text files, one sentence or document per line "
                                                                "(relative to the recipe's folder)")
-    glue: list[str] = Field(default_factory=list, description="GLUE tasks whose training sentences are used as text")
-    max_examples: int | None = Field(None, gt=0, description="cap on lines of files/glue text (a seeded sample)")
+    glue: list[str] | Literal["all"] = Field(default_factory=list, description="GLUE tasks whose training sentences "
+                                                                              "are used as text; all: every task")
+    max_examples: int | None = Field(None, gt=0, description="cap on lines of files/glue text (a seeded sample); "
+                                                             "the phase's training.max_train_examples caps it too")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="fraction of tokens masked (80/10/10, as BERT) "
-                                                                 "when the phase has an mlm term")
+                                                                 "when the phase has an mlm or mlm_kd term")
 
     @model_validator(mode="after")
     def _tasks(self):
-        for t in self.glue:
+        for t in [] if self.glue == "all" else self.glue:
             try:
                 get_task(t)
             except UnknownName as e:

@@ -6,6 +6,7 @@ and by ``harness verify``::
                            stats, parameters, size, speed
     predictions/<split>.tsv  index, prediction, label: one row per dev example
     env.json               git commit (and any uncommitted code changes), package versions, device
+    curves.csv             training curves (harness.curves), when the CSV monitor was on
 """
 from __future__ import annotations
 
@@ -71,9 +72,11 @@ def env_info(repo: Path) -> dict:
     }
 
 
-def write_record(folder: Path, resolved: dict, record: RunRecord, predictions: dict[str, list], env: dict) -> None:
+def write_record(folder: Path, resolved: dict, record: RunRecord, predictions: dict[str, list], env: dict,
+                 extra_files: dict[str, str] | None = None) -> None:
     """Write a record folder whole or not at all: into ``<folder>.tmp``, then swapped into place, so an
-    interruption (Ctrl-C, a full disk) leaves the previous record as it was and never a partial one."""
+    interruption (Ctrl-C, a full disk) leaves the previous record as it was and never a partial one.
+    ``extra_files``: file name -> text written beside metrics.json (``curves.csv``: harness.curves)."""
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -86,12 +89,19 @@ def write_record(folder: Path, resolved: dict, record: RunRecord, predictions: d
             w.writerow(["index", "prediction", "label"])
             w.writerows(rows)
     (tmp / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
     (tmp / "metrics.json").write_text(json.dumps(record.to_json(), indent=2) + "\n")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def record_commit(folder: Path) -> str | None:
+    """The commit of the harness that wrote a record (its env.json), None when git was not available."""
+    return json.loads((folder / "env.json").read_text())["git_commit"]
 
 
 def read_record(folder: Path) -> RunRecord:

@@ -119,6 +119,15 @@ class RunPlan:
     def reads_teachers(self) -> bool:
         return self.recipe.reads_teachers()
 
+    def cofinetune_seeds(self) -> list[int] | None:
+        """Under co-finetuning, each teacher's own dropout seed (its ``finetune: {seed: N}``, else the
+        joint run's seed) when any teacher names one, so that copies of one card are other models; None
+        when none does (all draw from the joint run's stream, and the cache keys stay as they were)."""
+        if self.recipe.cofinetune is None or not any("seed" in t.ref.finetune.root for t in self.teachers):
+            return None
+        joint = self.teachers[0].card.finetune_for(self.task.name, self.recipe.cofinetune).seed
+        return [t.ref.finetune.root.get("seed", joint) for t in self.teachers]
+
     @cached_property
     def student_shape(self) -> Shape | None:
         """The student's depth, width and heads, known without loading weights (None: a Hub checkpoint)."""

@@ -103,6 +103,9 @@ class TeacherEntry(_Part):
     card: str | None = None
     stage: str | None = None
     weight: float
+    instance: str | None = Field(None, description="the model it read: its record's `instance` (absent: not "
+                                                   "fine-tuned, no term reads it, or a record from before "
+                                                   "instances were recorded)")
 
 
 class RunRecord(_Part):
@@ -127,6 +130,9 @@ class RunRecord(_Part):
     teacher_speed: Speed | None = Field(None, description="the first teacher's (or assistant's), timed alike")
     teacher_scores: dict[str, float] | None = Field(None, description="the score of each teacher this run read")
     checkpoint: str | None = Field(None, description="the trained model in the cache that wrote the record")
+    instance: str | None = Field(None, description="this run's trained model: a hash of its saved weights "
+                                                   "(harness.integrity.model_id), which students' teacher "
+                                                   "entries name")
 
     def to_json(self) -> dict:
         """What ``metrics.json`` holds: the fields that were given (an absent one stays absent rather

@@ -7,19 +7,20 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from harness import curves
 from harness.cached import cached_run, finish, summary
 from harness.data import tokenize_task
 from harness.distill import Teacher
 from harness.engine import barrier, is_main
 from harness.evaluate import evaluate
-from harness.integrity import intact, locked, write_manifest
+from harness.integrity import intact, locked, model_id, write_manifest
 from harness.metrics import task_headline
 from harness.models import build_student, load_classifier, load_tokenizer, tokenizer_id
 from harness.options import Options
 from harness.paths import REPO_ROOT, cache_dir
 from harness.phases import train_phases
 from harness.resume import Checkpoints
-from harness.records import env_info, git_state, read_record, write_record
+from harness.records import env_info, git_state, read_record, record_commit, write_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
 from harness.teacher_prep import ReadyTeacher, ensure_cofinetuned, ensure_teacher, untrained_teacher
@@ -49,6 +50,15 @@ def _needs_run(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
     if not (out / "metrics.json").exists() or opts.force:
         return True
     old, rhash = read_record(out), plan.hash(seed)
+    if opts.study_commit is not None and old.recipe_hash == rhash:  # a study cell: its record is the claim
+        if (was := record_commit(out)) == opts.study_commit:
+            if is_main():
+                print(f"[{plan.name} seed {seed}] skipped: this study's record exists ({out})", flush=True)
+            return False
+        if is_main():
+            print(f"[{plan.name} seed {seed}] rerunning: its record comes from commit {str(was)[:10]}, this "
+                  f"study runs at {opts.study_commit[:10]}", flush=True)
+        return True
     if old.recipe_hash == rhash and old.checkpoint is not None and intact(Path(old.checkpoint), "a trained student"):
         if is_main():
             print(f"[{plan.name} seed {seed}] skipped: record exists ({out}); --force to rerun", flush=True)
@@ -101,7 +111,9 @@ def train_and_record(plan: RunPlan, seed: int, opts: Options, ckpt: Path, out: P
     if is_main():
         finished = finish(student, tok, ckpt, plan.recipe.speed)
         record = student_record(plan, seed, label, ready, dev, stats, finished, checkpoint or ckpt)
-        write_record(out, plan.resolved(seed), record, preds, env_info(REPO_ROOT))
+        stages = [(s["phase"], s["block"]) for s in phase_stats]  # in the order they trained: stage0, 1, ...
+        write_record(out, plan.resolved(seed), record, preds, env_info(REPO_ROOT),
+                     curves.record_files(checkpoints.root, stages))
         summary(record, shown or out)
         trained += stats["phases"] if "phases" in stats else [stats]
     barrier()
@@ -122,7 +134,7 @@ def student_record(plan: RunPlan, seed: int, label: str, ready: list[ReadyTeache
     return RunRecord.model_validate({
         "kind": plan.kind, "name": plan.name, "task": plan.task.name, "model": label, "lineage": lineage,
         "teachers": [({"card": t.card.name} if t.card is not None else {"stage": t.ref.stage}) | {"weight": t.weight}
-                     for t in plan.teachers],
+                     | ({"instance": r.instance} if r.instance is not None else {}) for t, r in zip(plan.teachers, ready)],
         "teacher_weighting": recipe.teacher_weighting.model_dump(),
         "terms": list(dict.fromkeys(t.term for _, p in recipe.named_phases() for t in p.objective)),
         "seed": seed, "recipe_hash": plan.hash(seed), "dev": dev, "score": task_headline(plan.task, dev),
@@ -155,8 +167,9 @@ def ensure_stage(plan: RunPlan, seed: int, opts: Options) -> tuple[ReadyTeacher,
     def train(tmps: list[Path]) -> None:
         trained.extend(train_and_record(plan, seed, opts, tmps[0], tmps[0] / "record", record_dir, folder))
 
-    record = cached_run([(folder, record_dir)], train)[0]
-    return ReadyTeacher(folder, " → ".join(record.lineage), record.lineage, record.speed, record.score), trained
+    record = cached_run([(folder, record_dir)], train, opts.study_commit)[0]
+    return ReadyTeacher(folder, " → ".join(record.lineage), record.lineage, record.speed, record.score,
+                        model_id(folder)), trained
 
 
 def cache_summary(stages: list[dict]) -> str | None:

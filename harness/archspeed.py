@@ -1,0 +1,218 @@
+"""Inference speed per architecture, not per record: what a study's speed columns come from.
+
+A record's own speed figure (:mod:`harness.bench`) is one noisy draw taken whenever that run finished, so
+three records of one 3-layer student can disagree with each other and with a 6-layer model.  Speed depends
+on the architecture only, so a study measures it once per architecture (:func:`arch_key`), from the config
+alone (random weights, no checkpoint), each architecture in a fresh child process
+(:mod:`harness.archspeed_worker`) with its thread count set and stated, one after another.  Each row is
+warm-up passes, then ``passes`` timed ones: median and quartiles, at batch 1 and 32, at a fixed length and
+at a task's dev-length distribution (dynamic padding).  Ratios between rows of one result
+(:func:`speedups`) come from one sitting, so a table built from them cannot contradict itself; a shallower
+model measured slower than a deeper twin is measured again, and marked if it stays so (:func:`inconsistent`).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import transformers
+from transformers import AutoConfig, PretrainedConfig
+
+WORKER = "harness.archspeed_worker"
+LAYER_FIELDS = ("num_hidden_layers", "n_layers", "num_layers")  # BERT-likes, DistilBERT, others
+HIDDEN_FIELDS = ("hidden_size", "dim", "d_model")
+# Config fields that do not change what an eval-mode forward pass computes: names, label names, token ids,
+# dropout (off in eval), initialisation, layer-norm epsilon, output and cache switches.  Every other field
+# counts, so an unforeseen one splits an architecture in two rather than merging two different ones.
+IGNORED = {"_name_or_path", "architectures", "transformers_version", "dtype", "torch_dtype", "id2label",
+           "label2id", "problem_type", "finetuning_task", "output_attentions", "output_hidden_states",
+           "return_dict", "use_cache", "gradient_checkpointing", "tie_word_embeddings", "tokenizer_class"}
+IGNORED_PARTS = ("dropout", "initializer", "_eps", "_token_id")
+# Values that mean what the field's absence means in this transformers (BERT no longer reads this one).
+NEUTRAL = {"position_embedding_type": "absolute"}
+PEAK_OF = {
+    "rss_row": "CPU: peak resident memory during the row (VmHWM, reset before it, freed heap trimmed) minus "
+               "the resident memory just before the model was built (its code already imported): weights, "
+               "activations and the threads' working memory",
+    "rss_process": "CPU: peak resident memory of the child so far (could not be reset per row) minus the "
+                   "resident memory just before the model was built",
+    "cuda_allocated": "GPU: torch.cuda.max_memory_allocated during the row, weights included",
+}
+
+
+def hf_config(fields: dict) -> PretrainedConfig:
+    """The transformers config of a config.json-style dict (``model_type`` plus fields), defaults filled."""
+    rest = {k: v for k, v in fields.items() if k != "model_type"}
+    return AutoConfig.for_model(fields["model_type"], **rest)
+
+
+def arch_fields(config: dict) -> dict:
+    """The fields of ``config`` that change what a forward pass computes, transformers' defaults filled in
+    (a config that omits a default and one that states it are one architecture), plus ``num_labels``."""
+    full = hf_config(config).to_dict()
+    fields = {k: v for k, v in full.items()
+              if k not in IGNORED and not any(part in k for part in IGNORED_PARTS)
+              and not (k in NEUTRAL and v == NEUTRAL[k])}
+    fields["num_labels"] = len(full["id2label"])
+    return fields
+
+
+def _first(fields: dict, names: tuple[str, ...]):
+    return next((fields[n] for n in names if n in fields), None)
+
+
+def _label(fields: dict) -> str:
+    layers, hidden = _first(fields, LAYER_FIELDS), _first(fields, HIDDEN_FIELDS)
+    return fields["model_type"] if layers is None or hidden is None else f"{fields['model_type']} {layers}L-{hidden}"
+
+
+def arch_label(config: dict) -> str:
+    """A short human label, e.g. ``bert 3L-384`` or ``mpnet 12L-768`` (not unique: see :func:`arch_key`)."""
+    return _label(arch_fields(config))
+
+
+def arch_key(config: dict) -> str:
+    """A stable identity of the architecture ``config`` describes, e.g. ``bert-3L-384-1f0c9a2b7e``: the label
+    and a hash of :func:`arch_fields`.  Two records with equal keys share one measurement."""
+    fields = arch_fields(config)
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{_label(fields).replace(' ', '-')}-{digest}"
+
+
+def default_threads() -> int:
+    """2, or fewer where this process may use fewer CPUs."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(2, usable)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_worker(job: dict) -> dict:
+    """Run one job in a fresh ``python -m harness.archspeed_worker`` with its thread count in the
+    environment; its result, or RuntimeError with the end of the child's stderr."""
+    threads = str(job["threads"])
+    paths = [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]
+    # this checkout's harness first, so the child runs the code its parent runs
+    env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                        "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    done = subprocess.run([sys.executable, "-m", WORKER], input=json.dumps(job), capture_output=True, text=True,
+                          env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"speed worker failed (exit {done.returncode}): {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _length_sets(dev_lengths: dict[str, list[int]] | list[int] | None) -> dict[str, list[int]]:
+    """Row kind -> token lengths: ``dev`` for a bare list, ``dev:<task>`` for each task of a dict."""
+    if dev_lengths is None:
+        sets = {}
+    elif isinstance(dev_lengths, list):
+        sets = {"dev": dev_lengths}
+    else:
+        sets = {f"dev:{task}": lengths for task, lengths in dev_lengths.items()}
+    for kind, lengths in sets.items():
+        if not lengths or not all(isinstance(n, int) and n >= 1 for n in lengths):
+            raise ValueError(f"{kind}: dev lengths must be a non-empty list of positive token counts")
+    return sets
+
+
+def _take(key: str, entry: dict, job: dict, log: Callable[[str], None]) -> None:
+    """Measure one architecture (again) and put its figures in ``entry``."""
+    start = time.perf_counter()
+    out = run_worker(job | {"config": entry["fields"]})
+    entry.update(params=out["params"], pid=out["pid"], threads=out["threads"], omp_threads=out["omp_threads"],
+                 takes=entry["takes"] + 1, wall_s=round(time.perf_counter() - start, 1), rows=out["rows"])
+    log(f"{key}: {entry['wall_s']:.0f} s, CPU fp32 batch 1 length {job['length']}: "
+        f"{find_row(entry)['median_ms']:.2f} ms")
+
+
+def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[int] | None = None,
+            threads: int | None = None, passes: int = 30, *, warmup: int = 5, length: int = 128,
+            batches: tuple[int, ...] = (1, 32), seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    """Speed of every architecture among ``configs`` (name -> config.json dict), each in its own child
+    process, one after another.  ``dev_lengths``: the dev set's token lengths (a list, rows ``dev``) or
+    one list per task (rows ``dev:<task>``).  Architectures that :func:`inconsistent` flags are measured
+    again, up to twice; those still flagged carry ``inconsistent_with``."""
+    if passes < 2:
+        raise ValueError("passes must be at least 2 (a median and quartiles need several)")
+    job = {"threads": threads or default_threads(), "passes": passes, "warmup": warmup, "length": length,
+           "batches": list(batches), "seed": seed, "dev_lengths": _length_sets(dev_lengths)}
+    archs: dict[str, dict] = {}
+    for name, config in sorted(configs.items()):
+        key = arch_key(config)
+        archs.setdefault(key, {"label": arch_label(config), "names": [], "fields": arch_fields(config), "takes": 0})
+        archs[key]["names"].append(name)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for key, entry in archs.items():
+        _take(key, entry, job, log)
+    result = {"archs": archs}
+    for _ in range(2):
+        pairs = inconsistent(result)
+        for key in sorted({k for pair in pairs for k in pair}):
+            _take(key, archs[key], job, log)
+    for shallow, deep in inconsistent(result):
+        archs[shallow].setdefault("inconsistent_with", []).append(deep)
+        archs[deep].setdefault("inconsistent_with", []).append(shallow)
+    machine = {"cpu": cpu_model(), "threads": job["threads"],
+               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+               "python": platform.python_version(), "torch": torch.__version__,
+               "transformers": transformers.__version__, "started": started,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    settings = {k: job[k] for k in ("passes", "warmup", "length", "batches", "seed")}
+    return {"machine": machine, "settings": settings, "peak_of": PEAK_OF, "archs": archs}
+
+
+def find_row(entry: dict, device: str = "cpu", dtype: str = "float32", batch: int = 1,
+             lengths: str = "fixed") -> dict:
+    """The row of one architecture's entry for (device, dtype, batch, lengths); KeyError if it has none."""
+    for r in entry["rows"]:
+        if (r["device"], r["dtype"], r["batch"], r["lengths"]) == (device, dtype, batch, lengths):
+            return r
+    raise KeyError(f"no row {device}/{dtype}/batch {batch}/{lengths}")
+
+
+def _depth(fields: dict) -> tuple[str, int] | None:
+    return next(((n, fields[n]) for n in LAYER_FIELDS if n in fields), None)
+
+
+def inconsistent(result: dict) -> list[tuple[str, str]]:
+    """(shallower, deeper) pairs of architectures that differ only in their number of layers, where the
+    shallower one's CPU fp32 batch-1 fixed-length median is the larger: a measurement error."""
+    archs, pairs = result["archs"], []
+    for a, b in itertools.permutations(sorted(archs), 2):
+        fa, fb = archs[a]["fields"], archs[b]["fields"]
+        depth = _depth(fa)
+        if depth is None or depth[0] not in fb or depth[1] >= fb[depth[0]]:
+            continue
+        if {k: v for k, v in fa.items() if k != depth[0]} != {k: v for k, v in fb.items() if k != depth[0]}:
+            continue
+        if find_row(archs[a])["median_ms"] > find_row(archs[b])["median_ms"]:
+            pairs.append((a, b))
+    return pairs
+
+
+def speedups(result: dict, reference_key: str, device: str = "cpu", dtype: str = "float32", batch: int = 1,
+             lengths: str = "fixed") -> dict[str, float]:
+    """Each architecture's speed-up over ``reference_key`` (reference median / its median, > 1 is faster),
+    from the one row kind given and from this one result only."""
+    archs = result["archs"]
+    reference = find_row(archs[reference_key], device, dtype, batch, lengths)["median_ms"]
+    return {key: reference / find_row(entry, device, dtype, batch, lengths)["median_ms"]
+            for key, entry in archs.items()}

@@ -1,0 +1,179 @@
+"""A study's records, checked (:mod:`harness.study_rules`), turned into a :class:`StudyTable`.
+
+Per cell: the kept seeds' scores (mean ± std, n), collapsed seeds flagged, retention against the
+study's teacher instance.  Per row against the baseline row: the paired difference on each task with a
+95 % interval and a p-value (:mod:`harness.study_stats_core`), Holm-corrected across the table.  Per
+task: the best student cell is marked "best" only when it beats the runner-up significantly (Holm
+across the tasks' tests), else both are marked "tie".  Collapsed seeds take part in neither.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from harness.archspeed import find_row
+from harness.records import read_predictions
+from harness.study import StudyPlan
+from harness.study_rules import Rec, Rules, budget, read_study_records
+from harness.study_stats_core import collapse, holm, paired_comparison
+from harness.study_table import Cell, Exclusion, Row, StudyTable
+from harness.tasks import get_task
+
+ALPHA = 0.05
+Splits = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _splits(folder: Path, r: Rec) -> Splits:
+    task = get_task(r.record.task)
+    out = {}
+    for split in task.dev_splits:
+        preds, labels = read_predictions(folder / r.folder / "predictions" / f"{split}.tsv", task.is_regression)
+        out[split] = (np.asarray(preds), np.asarray(labels))
+    return out
+
+
+class _Builder:
+    def __init__(self, sp: StudyPlan, results_dir: Path, allow_dirty: bool, speed: dict | None):
+        self.sp, self.folder = sp, sp.folder(results_dir)
+        records = read_study_records(self.folder)
+        self.rules = Rules(sp, records, allow_dirty)
+        self.dirty = any(r.changed for r in records if r.folder not in self.rules.excluded)
+        self.speed = speed
+        self.preds: dict[str, Splits] = {}
+
+    def splits(self, r: Rec) -> Splits:
+        if r.folder not in self.preds:
+            self.preds[r.folder] = _splits(self.folder, r)
+        return self.preds[r.folder]
+
+    def cell(self, recs: list[Rec], excluded: list[Exclusion]) -> Cell:
+        flags = []
+        for r in recs:
+            flag = collapse(get_task(r.record.task), self.splits(r))
+            if flag is not None:
+                flags.append(dataclasses.replace(flag, seed=r.record.seed))
+        teacher = self.rules.teacher_for(recs[0].record) if recs else None
+        mean = float(np.mean([r.record.score for r in recs])) if recs else None
+        retention = 100 * mean / teacher.record.score if teacher and mean is not None and teacher.record.score > 0 else None
+        return Cell(tuple(r.record.seed for r in recs), tuple(r.record.score for r in recs), retention,
+                    tuple(flags), tuple(excluded), budget=budget(recs[0].record) if recs else "")
+
+    def clean(self, row: str, task: str) -> dict[int, Splits]:
+        """A cell's seeds that may take part in a significance claim: kept and not collapsed."""
+        recs = self.rules.cells.get((row, task), [])
+        flagged = {f.seed for f in self.cells[(row, task)].flags} if (row, task) in self.cells else set()
+        return {r.record.seed: self.splits(r) for r in recs if r.record.seed not in flagged}
+
+    def build(self) -> StudyTable:
+        sp, excluded_by_cell = self.sp, self._exclusions_by_cell()
+        self.cells = {(c.row, c.task): self.cell(self.rules.cells.get((c.row, c.task), []),
+                                                 excluded_by_cell.get((c.row, c.task), []))
+                      for c in sp.cells}
+        self._compare_with_baseline()
+        self._mark_best()
+        rows = [self._teacher_row(key, recs) for key, recs in self._teacher_rows().items()]
+        for row in sp.rows:
+            cells = {t: self.cells[(row, t)] for t in sp.study.tasks if (row, t) in self.cells}
+            recs = [r for t in sp.study.tasks for r in self.rules.cells.get((row, t), [])]
+            model = recs[0].record.model if recs else ""
+            rows.append(Row(row, "student", model, cells, recs[0].record.params.total if recs else None,
+                            self._latency(model), _row_budget(cells), row == sp.study.baseline))
+        return StudyTable(sp.name, sp.study.description, tuple(sp.study.tasks), tuple(rows), self.rules.commit,
+                          self.dirty, tuple(self._notes()))
+
+    def _exclusions_by_cell(self) -> dict[tuple[str, str], list[Exclusion]]:
+        by_name = {c.plan.name: c for c in self.sp.cells}
+        out: dict[tuple[str, str], list[Exclusion]] = {}
+        records = {r.folder: r for r in read_study_records(self.folder)}
+        for folder, ex in self.rules.excluded.items():
+            m = records[folder].record
+            if m.kind == "student" and m.name in by_name:
+                c = by_name[m.name]
+                out.setdefault((c.row, c.task), []).append(ex)
+        return out
+
+    def _compare_with_baseline(self) -> None:
+        base, diffs = self.sp.study.baseline, []
+        for (row, task), cell in self.cells.items():
+            if row == base or (base, task) not in self.cells:
+                continue
+            d = paired_comparison(get_task(task), self.clean(row, task), self.clean(base, task))
+            if d is not None:
+                diffs.append(((row, task), d))
+        adjusted = holm([d.p for _, d in diffs])
+        for ((row, task), d), p in zip(diffs, adjusted):
+            self.cells[(row, task)] = dataclasses.replace(self.cells[(row, task)],
+                                                          vs_baseline=dataclasses.replace(d, p_holm=float(p)))
+
+    def _mark_best(self) -> None:
+        tests = []
+        for task in self.sp.study.tasks:
+            ranked = sorted(((float(np.mean([r.record.score for r in self.rules.cells[(row, task)]
+                                              if r.record.seed in self.clean(row, task)])), row)
+                             for row in self.sp.rows if self.clean(row, task)), reverse=True)
+            if len(ranked) < 2:
+                continue
+            (_, best), (_, second) = ranked[0], ranked[1]
+            d = paired_comparison(get_task(task), self.clean(best, task), self.clean(second, task))
+            tests.append((task, best, second, d))
+        adjusted = holm([d.p if d is not None else float("nan") for *_, d in tests])
+        for (task, best, second, d), p in zip(tests, adjusted):
+            won = d is not None and d.mean > 0 and p < ALPHA
+            self._mark(best, task, "best" if won else "tie")
+            if not won:
+                self._mark(second, task, "tie")
+
+    def _mark(self, row: str, task: str, mark: str) -> None:
+        self.cells[(row, task)] = dataclasses.replace(self.cells[(row, task)], mark=mark)
+
+    def _teacher_rows(self) -> dict[tuple[str, tuple[str, ...]], list[Rec]]:
+        out: dict = {}
+        for (card, task, co), r in self.rules.teachers.items():
+            out.setdefault((card, co), []).append(r)
+        return out
+
+    def _teacher_row(self, key: tuple[str, tuple[str, ...]], recs: list[Rec]) -> Row:
+        card, co = key
+        name = f"teacher: {card}" + (f" (co-finetuned with {', '.join(co)})" if co else "")
+        cells = {r.record.task: self.cell([r], []) for r in recs}  # a collapsed teacher is flagged too
+        return Row(name, "teacher", card, cells, recs[0].record.params.total, self._latency(card), _row_budget(cells))
+
+    def _latency(self, model: str) -> float | None:
+        """CPU fp32, batch 1, the fixed length: the study's own measurement of the model's architecture."""
+        if self.speed is None:
+            return None
+        for entry in self.speed["archs"].values():
+            if model in entry["names"]:
+                return find_row(entry)["median_ms"]
+        return None
+
+    def _notes(self) -> list[str]:
+        notes = []
+        if self.rules.stray:
+            notes.append(f"{len(self.rules.stray)} records under the study's folder belong to no cell of it and are "
+                         f"left out: {', '.join(self.rules.stray)}")
+        other = [e for f, e in self.rules.excluded.items() if not any(e in c.excluded for c in self.cells.values())]
+        notes += [f"left out: {e.record}: {e.reason}" for e in other]
+        if self.speed is None:
+            notes.append("latency: not measured yet (`python -m harness study speed STUDY`)")
+        return notes
+
+
+def _row_budget(cells: dict[str, Cell]) -> str:
+    """The budget most of a row's cells share, with the tasks that differ named (e.g. a capped SST-2)."""
+    spent = Counter(c.budget for c in cells.values() if c.budget)
+    if not spent:
+        return ""
+    main = spent.most_common(1)[0][0]
+    other = [f"{get_task(t).display}: {c.budget}" for t, c in cells.items() if c.budget and c.budget != main]
+    return main + (f" ({'; '.join(other)})" if other else "")
+
+
+def build_table(sp: StudyPlan, results_dir: Path, allow_dirty: bool = False) -> StudyTable:
+    speed_file = sp.folder(results_dir) / "speed.json"
+    speed = json.loads(speed_file.read_text()) if speed_file.is_file() else None
+    return _Builder(sp, results_dir, allow_dirty, speed).build()

@@ -1,0 +1,119 @@
+"""``python -m harness study {plan,run,tables,speed} STUDY``: a study from its file to its tables.
+
+``run`` refuses a dirty tree (unless ``--allow-dirty``: every cell then says so), runs every cell that
+lacks a record of this commit with the same skip and cache logic as ``harness run`` (records under
+``results/studies/<name>/runs``), measures each architecture's speed once (:mod:`harness.archspeed`)
+and writes the tables.  ``tables`` rebuilds the tables from the committed records alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from harness.options import Options
+from harness.paths import REPO_ROOT, cache_dir
+from harness.records import git_state
+from harness.schema import ConfigError
+from harness.study import StudyPlan
+
+
+def check_tree(allow_dirty: bool) -> str:
+    """The commit a study runs at; a tree with uncommitted changes is refused unless allowed."""
+    commit, changed = git_state(REPO_ROOT)
+    if allow_dirty:
+        return commit or "unknown"
+    if commit is None:
+        raise ConfigError("a study records the commit it ran at, and this is not a git checkout (or git is "
+                          "missing); run from a clone, or pass --allow-dirty")
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ConfigError(f"the tree has uncommitted changes ({shown}); a study's records must all come from one "
+                          "commit. Commit them first, or pass --allow-dirty (every cell of the table then says so)")
+    return commit
+
+
+def run_study(sp: StudyPlan, opts: Options, allow_dirty: bool, log=print) -> None:
+    """Train every cell that lacks a record of this commit, one cell after another."""
+    from harness import runner
+
+    from harness.engine import is_main
+    from harness.progress import Progress
+
+    commit = check_tree(allow_dirty)
+    opts = dataclasses.replace(opts, results_dir=sp.folder(opts.results_dir), study_commit=commit)
+    progress = Progress([c.plan for c in sp.cells], opts.results_dir, opts.glue_dir) if is_main() else None
+    for i, cell in enumerate(sp.cells, 1):
+        log(f"== study {sp.name}: cell {i}/{len(sp.cells)}: {cell.row} on {cell.task} "
+            f"(seeds {', '.join(map(str, sp.study.seeds))})")
+        trained = runner.run_recipe(cell.plan, opts)
+        if progress is not None:
+            log(progress.update(trained))
+
+
+def model_configs(sp: StudyPlan, results_dir: Path) -> dict[str, dict]:
+    """model label -> its config.json, for every model of the study's kept records whose files this
+    cache holds (students: their checkpoint; teachers: their fine-tuned folder)."""
+    from harness.study_rules import read_study_records
+
+    out = {}
+    for r in read_study_records(sp.folder(results_dir)):
+        m = r.record
+        if m.model in out:
+            continue
+        folder = cache_dir() / "teachers" / m.model / m.task / Path(r.folder).name if m.kind == "teacher" \
+            else Path(m.checkpoint) if m.checkpoint else None
+        if folder is not None and (folder / "config.json").is_file():
+            out[m.model] = json.loads((folder / "config.json").read_text())
+    return out
+
+
+def write_tables(sp: StudyPlan, results_dir: Path, allow_dirty: bool) -> list[Path]:
+    """The study's GLUE table (md, csv, tex, Pareto plot) and, once speed is measured, its speed table."""
+    from harness.study_build import build_table
+    from harness.study_render import write_study_outputs
+    from harness.study_speed import write_speed
+
+    folder = sp.folder(results_dir)
+    table = build_table(sp, results_dir, allow_dirty)
+    written = write_study_outputs(table, folder)
+    if (folder / "speed.json").is_file():
+        teachers = {r.model for r in table.rows if r.kind == "teacher"}
+        written += write_speed(json.loads((folder / "speed.json").read_text()), list(sp.study.tasks), teachers, folder)
+    return written
+
+
+def dev_lengths(sp: StudyPlan, glue_dir: Path | None, max_length: int = 128) -> dict[str, list[int]]:
+    """Each task's dev token lengths (truncated at ``max_length``), through the tokenizer of the first
+    cell's student card: the distribution the 'dev' speed rows draw their batches from."""
+    from harness.models import load_tokenizer
+    from harness.tasks import get_task, load_split
+
+    card = next(c.plan.student_card for c in sp.cells if c.plan.student_card is not None)
+    tok = load_tokenizer(card.pretrained_path())
+    out = {}
+    for name in sp.study.tasks:
+        task = get_task(name)
+        rows = load_split(task, task.dev_splits[0], glue_dir)
+        pairs = (list(rows["text_a"]), list(rows["text_b"])) if task.is_pair else (list(rows["text_a"]),)
+        ids = tok(*pairs, truncation=True, max_length=max_length)["input_ids"]
+        out[name] = [len(x) for x in ids]
+    return out
+
+
+def measure_speed(sp: StudyPlan, results_dir: Path, glue_dir: Path | None, threads: int | None) -> list[Path]:
+    """Every architecture of the study's models measured once, each in a fresh process; ``speed.json``."""
+    from harness import archspeed
+
+    configs = model_configs(sp, results_dir)
+    if not configs:
+        print(f"speed: no model of study {sp.name} is in this cache ({cache_dir()}); run the study first")
+        return []
+    # the classifier's width (1, 2 or 3 labels) costs nothing measurable: one measurement per encoder
+    shared = {name: {k: v for k, v in c.items() if k not in ("id2label", "label2id")} | {"num_labels": 2}
+              for name, c in configs.items()}
+    result = archspeed.measure(shared, dev_lengths(sp, glue_dir), threads)
+    out = sp.folder(results_dir) / "speed.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return [out]

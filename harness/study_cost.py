@@ -1,0 +1,135 @@
+"""``harness study plan``: a study's matrix and what it will cost, without training anything.
+
+Cost is examples x epochs per phase (a progressive phase once per student block; a corpus phase over
+its capped text), divided by the examples/s this harness measured for the same model in earlier records
+(same task and precision preferred).  Teachers and assistant stages count only where the cache lacks
+them.  A model never measured here has no estimate, and the plan says so rather than guess.
+"""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.paths import REPO_ROOT
+from harness.recipe_students import student_label
+from harness.records import git_state, load_records, record_commit
+from harness.resolved import RunPlan
+from harness.run_record import RunRecord
+from harness.study import StudyPlan
+from harness.tasks import get_task, train_rows
+
+
+@dataclass(frozen=True)
+class Cost:
+    examples: int  # examples trained on, over every phase and seed of the cell
+    seconds: float | None  # None: some model of it was never measured here
+    unmeasured: tuple[str, ...] = ()
+
+
+class Speeds:
+    """Training examples/s measured in earlier records, by (model, task, precision)."""
+
+    def __init__(self, results_dir: Path):
+        self.by = defaultdict(list)
+        roots = [results_dir] + sorted(p for p in (results_dir / "studies").glob("*") if p.is_dir())
+        for root in roots:
+            if (root / "runs").is_dir():
+                for _, m in load_records(root):
+                    self.by[m.model].append((m.task, _precision(m), _rate(m)))
+
+    def rate(self, model: str, task: str, precision: str) -> float | None:
+        """The median of the best-matching measurements: same task and precision, else same precision,
+        else any (a bf16 figure for an fp32 run is closer than none)."""
+        found = self.by[model] if model in self.by else []
+        for keep in (lambda t, p: t == task and p == precision, lambda t, p: p == precision, lambda t, p: True):
+            rates = [r for t, p, r in found if keep(t, p)]
+            if rates:
+                return statistics.median(rates)
+        return None
+
+
+def _precision(m: RunRecord) -> str:
+    return m.train.precision
+
+
+def _rate(m: RunRecord) -> float:
+    stages = m.train.phases or [m.train]
+    return sum(s.examples_seen for s in stages) / max(sum(s.wall_time_s for s in stages), 1e-9)
+
+
+def _phase_examples(plan: RunPlan, rows: int) -> int:
+    """Examples one seed of a plan trains on, over its phases."""
+    total = 0
+    for _, phase in plan.recipe.named_phases():
+        t = plan.recipe.phase_training(phase)
+        if phase.corpus is not None and (phase.corpus.files or phase.corpus.glue):
+            n = phase.corpus.max_examples or rows  # unknown text size uncapped: the task's, a lower bound
+        else:
+            n = min(t.max_train_examples or rows, rows)
+        seen = t.max_steps * t.batch_size if t.max_steps else n * t.epochs
+        blocks = plan.student_shape.layers if phase.progressive is not None and plan.student_shape else 1
+        total += int(seen * blocks)
+    return total
+
+
+def cell_cost(plan: RunPlan, seeds: list[int], speeds: Speeds, glue_dir: Path | None) -> Cost:
+    """What training one cell (every seed, and any teacher or stage not cached) takes."""
+    task = plan.task
+    rows = train_rows(task, glue_dir)
+    examples, seconds, unmeasured = 0, 0.0, []
+
+    def add(model: str, n: int) -> None:
+        nonlocal examples, seconds
+        examples += n
+        rate = speeds.rate(model, task.name, plan.precision)
+        if rate is None:
+            unmeasured.append(model)
+        else:
+            seconds += n / rate
+
+    label = student_label(plan.recipe.student, plan.student_card)
+    for seed in seeds:
+        add(label, _phase_examples(plan, rows))
+        for t in plan.teachers:
+            if t.stage is not None and not _cached_here(t.folder(seed)):
+                add(student_label(t.stage.recipe.student, t.stage.student_card), _phase_examples(t.stage, rows))
+    for t in plan.teachers:  # fine-tuned once for every seed of the student
+        if t.card is not None and plan.reads_teachers() and not _cached_here(t.folder(0)):
+            ft = t.finetune
+            add(t.card.name, int(min(ft.max_train_examples or rows, rows) * ft.epochs))
+    return Cost(examples, None if unmeasured else seconds, tuple(dict.fromkeys(unmeasured)))
+
+
+def _cached_here(folder: Path) -> bool:
+    """Whether a study run would reuse a cached model: it is there, trained at this commit."""
+    record = folder / "record"
+    return (record / "metrics.json").exists() and record_commit(record) == git_state(REPO_ROOT)[0]
+
+
+def _duration(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
+    """The matrix (rows x tasks: seeds recorded / seeds asked, estimated time) and the total."""
+    speeds, seeds = Speeds(results_dir), sp.study.seeds
+    folder = sp.folder(results_dir)
+    lines = [f"study {sp.name}: {len(sp.rows)} rows x {len(sp.study.tasks)} tasks x {len(seeds)} seeds "
+             f"(baseline: {sp.study.baseline}); records in {folder}", ""]
+    todo_s, todo_ex, missing = 0.0, 0, set()
+    for cell in sp.cells:
+        done = sum((folder / "runs" / cell.plan.name / f"seed{s}" / "metrics.json").exists() for s in seeds)
+        left = [s for s in seeds if not (folder / "runs" / cell.plan.name / f"seed{s}" / "metrics.json").exists()]
+        cost = cell_cost(cell.plan, left, speeds, glue_dir) if left else Cost(0, 0.0)
+        todo_ex += cost.examples
+        todo_s += cost.seconds or 0.0
+        missing |= set(cost.unmeasured)
+        when = "done" if not left else (_duration(cost.seconds) if cost.seconds is not None else "not measured")
+        lines.append(f"  {cell.row:48s} {get_task(cell.task).display:7s} {done}/{len(seeds)} seeds  "
+                     f"{cost.examples:>10,} ex  {when}")
+    lines += ["", f"left to train: {todo_ex:,} examples, about {_duration(todo_s)} at the examples/s measured "
+                  f"in this harness's records" + (f"; never measured here (not in the estimate): "
+                                                  f"{', '.join(sorted(missing))}" if missing else "")]
+    return "\n".join(lines)

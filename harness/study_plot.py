@@ -1,0 +1,119 @@
+"""A study's Pareto plot: each row's average score against what it costs, in CPU latency and in size.
+
+``write_pareto`` writes ``pareto.png`` (two panels: score vs latency, score vs parameters, both on a
+log axis) and ``pareto.csv``, the data behind it.  It computes nothing but which rows are dominated;
+the average is :attr:`harness.study_table.Row.avg`.  The CSV keeps exact values (avg a fraction,
+params a count); the plot shows avg x 100 and params in millions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.ticker import LogFormatter
+from matplotlib.figure import Figure
+
+from harness.study_table import Row, StudyTable
+
+# (panel name, Row attribute, x-axis label, scale to the axis's unit, what a row lacks without it)
+PANELS = (
+    ("latency", "latency_ms", "CPU latency, ms (fp32, batch 1, length 128)", 1.0, "no CPU latency"),
+    ("params", "params", "parameters, millions", 1e-6, "no parameter count"),
+)
+LABEL_CHARS = 28  # a point's label: long keys would cover the neighbouring points
+
+
+def frontier(points: list[tuple[str, float, float]]) -> set[str]:
+    """The names of the non-dominated points among (name, cost, score): lower cost and higher score
+    are better.  A point is dominated when another is at least as good on both and better on one, so
+    two points with the same cost and score are both on the frontier: neither beats the other."""
+    names = [name for name, _, _ in points]
+    if len(set(names)) != len(names):
+        raise ValueError(f"frontier needs distinct names, got {sorted(names)}")
+    # quadratic, and clearer than a sweep: a study table has tens of rows, not thousands
+    return {name for name, cost, score in points
+            if not any(c <= cost and s >= score and (c < cost or s > score) for _, c, s in points)}
+
+
+def tasks_with_scores(row: Row, tasks: tuple[str, ...]) -> list[str]:
+    """The table's tasks on which the row has a mean (a cell whose every record was excluded has none)."""
+    return [t for t in tasks if t in row.cells and row.cells[t].mean is not None]
+
+
+def short_label(key: str) -> str:
+    return key if len(key) <= LABEL_CHARS else key[:LABEL_CHARS - 1] + "…"
+
+
+def pareto_frame(table: StudyTable) -> pd.DataFrame:
+    """One line per row: its avg, costs, whether it is on each panel's frontier, and why not plotted.
+
+    A row whose avg covers fewer tasks than the table's is drawn but kept off the frontiers: an
+    average that skips a hard task would dominate rows that did not skip it."""
+    lines = [{"row": r.key, "kind": r.kind, "avg": r.avg, "tasks": len(tasks_with_scores(r, table.tasks)),
+              "latency_ms": r.latency_ms, "params": r.params, "notes": []} for r in table.rows]
+    for line in lines:
+        if line["avg"] is None:
+            line["notes"].append("left out of both panels: no task score")
+        elif line["tasks"] < len(table.tasks):
+            line["notes"].append(f"avg over {line['tasks']} of {len(table.tasks)} tasks: drawn, kept off the frontiers")
+    for panel, attr, _, _, lacks in PANELS:
+        full = [x for x in lines if x["avg"] is not None and x[attr] is not None and x["tasks"] == len(table.tasks)]
+        on = frontier([(x["row"], float(x[attr]), x["avg"]) for x in full])
+        for line in lines:
+            drawn = line["avg"] is not None and line[attr] is not None
+            line[f"on_frontier_{panel}"] = line["row"] in on if drawn else None
+            if line["avg"] is not None and line[attr] is None:
+                line["notes"].append(f"left out of the {panel} panel: {lacks}")
+    frame = pd.DataFrame(lines, columns=["row", "kind", "avg", "tasks", "latency_ms", "params",
+                                         "on_frontier_latency", "on_frontier_params", "notes"])
+    frame["notes"] = frame["notes"].map("; ".join)
+    return frame.astype({"params": "Int64"})
+
+
+def draw_panel(ax, frame: pd.DataFrame, panel: str, attr: str, scale: float, n_tasks: int) -> None:
+    drawn = frame[frame.avg.notna() & frame[attr].notna()]
+    if drawn.empty:
+        ax.text(0.5, 0.5, f"no row has {attr}", ha="center", va="center", transform=ax.transAxes)
+        return
+    x = drawn[attr].astype(float) * scale
+    y = drawn.avg.astype(float) * 100
+    for kind, marker, size, color in (("teacher", "*", 160, "tab:red"), ("student", "o", 50, "tab:blue")):
+        for partial in (False, True):
+            pick = (drawn.kind == kind) & ((drawn.tasks < n_tasks) == partial)
+            if pick.any():
+                # hollow: an average over fewer tasks, not comparable with the filled points
+                ax.scatter(x[pick], y[pick], marker=marker, s=size, edgecolors=color,
+                           facecolors="none" if partial else color,
+                           label=f"{kind}{' (avg over fewer tasks)' if partial else ''}")
+    on = drawn[drawn[f"on_frontier_{panel}"] == True].sort_values(attr)  # noqa: E712 (object column)
+    if len(on):
+        # a step: past a frontier point's cost, the best score on offer stays its score until the next
+        ax.step(on[attr].astype(float) * scale, on.avg.astype(float) * 100, where="post", color="0.4",
+                linestyle="--", label="Pareto frontier")
+    for xi, yi, key in zip(x, y, drawn.row):
+        ax.annotate(short_label(key), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        # "4", "10" rather than 4x10^0; LogFormatter drops the minor labels itself when a range is wide
+        axis(LogFormatter(labelOnlyBase=False))
+    ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
+    ax.legend(fontsize=8, loc="best")
+
+
+def write_pareto(table: StudyTable, folder: Path) -> list[Path]:
+    """``pareto.png`` and ``pareto.csv`` in ``folder``; returns their paths."""
+    frame = pareto_frame(table)
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg canvas, without pyplot's global figure registry
+    for ax, (panel, attr, label, scale, _) in zip(fig.subplots(1, 2), PANELS):
+        draw_panel(ax, frame, panel, attr, scale, len(table.tasks))
+        ax.set_xlabel(f"{label} (log scale)")
+        ax.set_ylabel(f"average dev score x 100 over {len(table.tasks)} tasks")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(table.name + ("  -  DIRTY TREE: uncommitted changes, not reproducible" if table.dirty else ""),
+                 color="red" if table.dirty else "black")
+    png, csv = folder / "pareto.png", folder / "pareto.csv"
+    fig.savefig(png, dpi=120)
+    frame.to_csv(csv, index=False)
+    return [png, csv]

@@ -1,0 +1,203 @@
+"""Speed per architecture (harness.archspeed): identity of an architecture, the child-process measurement's
+structure (never its magnitudes), the consistency check and speed-ups on made-up results."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from harness import archspeed
+from harness.archspeed import arch_key, arch_label, find_row, inconsistent, measure, speedups
+from harness.archspeed_worker import inputs
+from harness.precision import cpu_has_native_bf16
+
+TINY = {"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
+        "vocab_size": 1000, "num_hidden_layers": 1}
+DEV = [5, 9, 17, 40, 60]
+
+
+def tiny(**fields) -> dict:
+    return TINY | fields
+
+
+def expected_pairs() -> list[tuple[str, str]]:
+    pairs = [("cpu", "float32")] + ([("cpu", "bfloat16")] if cpu_has_native_bf16() else [])
+    if torch.cuda.is_available():
+        pairs += ([("cuda", "bfloat16")] if torch.cuda.is_bf16_supported() else []) + [("cuda", "float32")]
+    return pairs
+
+
+# ---- what an architecture is -------------------------------------------------------------------------------
+
+def test_arch_key_ignores_what_does_not_change_compute():
+    base = arch_key(tiny())
+    same = tiny(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.0, initializer_range=0.5,
+                layer_norm_eps=1e-5, _name_or_path="somewhere/else", architectures=["BertForSequenceClassification"],
+                transformers_version="4.45.0", pad_token_id=3, position_embedding_type="absolute",
+                id2label={"0": "neg", "1": "pos"}, hidden_act="gelu", max_position_embeddings=512)
+    assert arch_key(same) == base == arch_key(tiny())  # stable, and defaults stated or omitted agree
+    assert arch_key(tiny(id2label={"0": "a", "1": "b", "2": "c"})) == arch_key(tiny(num_labels=3))
+
+
+@pytest.mark.parametrize("change", [{"num_hidden_layers": 4}, {"hidden_size": 64}, {"num_attention_heads": 4},
+                                    {"intermediate_size": 128}, {"vocab_size": 1001}, {"num_labels": 3},
+                                    {"hidden_act": "relu"}, {"model_type": "roberta"}])
+def test_arch_key_sees_what_changes_compute(change):
+    assert arch_key(tiny(**change)) != arch_key(tiny())
+
+
+def test_arch_key_sees_mobilebert_bottlenecks():
+    mobile = {"model_type": "mobilebert", "num_hidden_layers": 2, "vocab_size": 1000}
+    assert arch_key(mobile | {"embedding_size": 64}) != arch_key(mobile | {"embedding_size": 128})
+    assert arch_key(mobile | {"intra_bottleneck_size": 64}) != arch_key(mobile)
+
+
+def test_arch_label():
+    assert arch_label(tiny(num_hidden_layers=3, hidden_size=384, num_attention_heads=12)) == "bert 3L-384"
+    assert arch_label({"model_type": "mpnet"}) == "mpnet 12L-768"
+    assert arch_label({"model_type": "distilbert"}) == "distilbert 6L-768"
+    assert arch_key(tiny(num_hidden_layers=3)).startswith("bert-3L-32-")
+
+
+# ---- inputs: dynamic padding -----------------------------------------------------------------------------
+
+def test_dev_lengths_pad_each_batch_to_its_longest():
+    batches = inputs(1000, 8, DEV, 128, 20, seed=0)
+    widths = set()
+    for ids, mask in batches:
+        real = mask.sum(1)
+        assert set(real.tolist()) <= set(DEV)
+        assert ids.shape == mask.shape == (8, int(real.max()))
+        assert all(mask[i, :n].all() and not mask[i, n:].any() for i, n in enumerate(real.tolist()))
+        widths.add(ids.shape[1])
+    assert len(widths) > 1  # the padded width follows each batch's draw
+    again = inputs(1000, 8, DEV, 128, 20, seed=0)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, again))  # a fixed seed: the same draws
+    assert {ids.shape for ids, _ in inputs(1000, 4, None, 128, 3, seed=0)} == {(4, 128)}
+
+
+# ---- the measurement, in child processes -----------------------------------------------------------------
+
+def test_measure_in_child_processes_structure():
+    configs = {"a": tiny(), "a_again": tiny(hidden_dropout_prob=0.0, _name_or_path="x"),
+               "b": tiny(num_hidden_layers=2, hidden_size=48)}  # not layer-only twins: no re-takes here
+    result = measure(configs, DEV, passes=3, warmup=2)
+    archs = result["archs"]
+    assert sorted(entry["names"] for entry in archs.values()) == [["a", "a_again"], ["b"]]
+    assert result["machine"]["threads"] == archspeed.default_threads()
+    assert result["settings"] == {"passes": 3, "warmup": 2, "length": 128, "batches": [1, 32], "seed": 0}
+    pids = {entry["pid"] for entry in archs.values()}
+    assert os.getpid() not in pids and len(pids) == 2  # one fresh process per architecture
+    want = {(d, t, b, k) for d, t in expected_pairs() for b in (1, 32) for k in ("fixed", "dev")}
+    for entry in archs.values():
+        assert entry["takes"] == 1 and "inconsistent_with" not in entry
+        assert entry["threads"] == result["machine"]["threads"] and entry["omp_threads"] == str(entry["threads"])
+        assert {(r["device"], r["dtype"], r["batch"], r["lengths"]) for r in entry["rows"]} == want
+        for r in entry["rows"]:
+            assert r["passes"] == 3
+            assert 0 < r["p25_ms"] <= r["median_ms"] <= r["p75_ms"]
+            assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["median_ms"], rel=1e-3)
+            assert r["peak_of"] in result["peak_of"] and r["peak_mib"] > 0
+            if r["lengths"] == "fixed":
+                assert r["mean_len"] == 128
+            else:
+                assert min(DEV) <= r["mean_len"] <= max(DEV)
+        b1, b32 = find_row(entry, lengths="dev"), find_row(entry, batch=32, lengths="dev")
+        assert b32["mean_len"] > b1["mean_len"]  # 32 draws padded to their longest
+    small, large = (archs[arch_key(configs[n])] for n in ("a", "b"))
+    assert small["params"] < large["params"]
+
+
+def test_measure_default_passes_and_stated_threads():
+    result = measure({"m": tiny()}, threads=1)
+    (entry,) = result["archs"].values()
+    assert result["settings"]["passes"] == 30 and result["machine"]["threads"] == 1
+    assert entry["threads"] == 1 and entry["omp_threads"] == "1"
+    assert {r["lengths"] for r in entry["rows"]} == {"fixed"}
+    assert all(r["passes"] == 30 and r["p25_ms"] <= r["median_ms"] <= r["p75_ms"] for r in entry["rows"])
+
+
+def test_a_failing_child_is_an_error():
+    with pytest.raises(RuntimeError, match="speed worker failed"):
+        measure({"m": tiny(max_position_embeddings=64)}, passes=2)  # 128 tokens do not fit 64 positions
+
+
+def test_dev_lengths_are_checked_before_any_child():
+    with pytest.raises(ValueError, match="dev lengths"):
+        measure({"m": tiny()}, [], passes=2)
+    with pytest.raises(ValueError, match="dev lengths"):
+        measure({"m": tiny()}, {"sst2": [12, 0]}, passes=2)
+
+
+# ---- consistency and speed-ups: pure functions on made-up results -------------------------------------------
+
+def made_row(ms: float, batch: int = 1, device: str = "cpu", dtype: str = "float32", lengths: str = "fixed") -> dict:
+    return {"device": device, "dtype": dtype, "batch": batch, "lengths": lengths, "median_ms": ms}
+
+
+def made_arch(layers: int, ms: float, hidden: int = 32, ms32: float = 100.0) -> dict:
+    return {"fields": {"model_type": "bert", "num_hidden_layers": layers, "hidden_size": hidden},
+            "rows": [made_row(ms), made_row(ms32, batch=32)]}
+
+
+def test_inconsistent_pairs_layer_only_twins():
+    result = {"archs": {"s": made_arch(3, 9.0), "d": made_arch(6, 8.0), "wide": made_arch(1, 50.0, hidden=64),
+                        "ok": made_arch(12, 20.0)}}
+    assert inconsistent(result) == [("s", "d")]  # "wide" differs in width too; "ok" is slower and deeper
+    result["archs"]["s"]["rows"][0]["median_ms"] = 7.0
+    assert inconsistent(result) == []
+    result["archs"]["ok"]["rows"][0]["median_ms"] = 1.0
+    assert sorted(inconsistent(result)) == [("d", "ok"), ("s", "ok")]
+
+
+def test_speedups_from_one_result():
+    result = {"archs": {"ref": made_arch(6, 10.0, ms32=200.0), "half": made_arch(3, 5.0, ms32=50.0)}}
+    assert speedups(result, "ref") == {"ref": 1.0, "half": 2.0}
+    assert speedups(result, "ref", batch=32) == {"ref": 1.0, "half": 4.0}
+    with pytest.raises(KeyError):
+        speedups(result, "ref", dtype="bfloat16")
+
+
+def fake_worker(slow_shallow_takes: int):
+    """A stand-in for the child process: layer-only twins come out inconsistent for the first
+    ``slow_shallow_takes`` takes of the shallow one, consistent after."""
+    taken: dict[tuple[int, int], int] = {}
+
+    def run(job: dict) -> dict:
+        layers, hidden = job["config"]["num_hidden_layers"], job["config"]["hidden_size"]
+        taken[layers, hidden] = taken.setdefault((layers, hidden), 0) + 1
+        shallow_twin = (layers, hidden) == (1, 32)
+        ms = 100.0 if shallow_twin and taken[layers, hidden] <= slow_shallow_takes else float(layers)
+        return {"pid": 1, "threads": job["threads"], "omp_threads": str(job["threads"]), "params": layers,
+                "rows": [made_row(ms)]}
+    return run
+
+
+@pytest.mark.parametrize("slow_takes, takes, marked", [(1, 2, False), (9, 3, True)])
+def test_measure_retakes_then_marks_inconsistent(monkeypatch, slow_takes, takes, marked):
+    monkeypatch.setattr(archspeed, "run_worker", fake_worker(slow_takes))
+    result = measure({"s": tiny(), "d": tiny(num_hidden_layers=4), "other": tiny(hidden_size=64)}, passes=2)
+    s, d, other = (result["archs"][arch_key(c)] for c in (tiny(), tiny(num_hidden_layers=4), tiny(hidden_size=64)))
+    assert (s["takes"], d["takes"], other["takes"]) == (takes, takes, 1)  # at most two extra rounds
+    assert ("inconsistent_with" in s) is marked and "inconsistent_with" not in other
+    if marked:
+        assert s["inconsistent_with"] == [arch_key(tiny(num_hidden_layers=4))]
+        assert d["inconsistent_with"] == [arch_key(tiny())]
+
+
+def test_measure_sends_each_child_its_job(monkeypatch):
+    jobs = []
+
+    def run(job: dict) -> dict:
+        jobs.append(job)
+        return {"pid": 1, "threads": job["threads"], "omp_threads": str(job["threads"]), "params": 1,
+                "rows": [made_row(1.0)]}
+    monkeypatch.setattr(archspeed, "run_worker", run)
+    configs = {"x": tiny(hidden_dropout_prob=0.5), "y": tiny()}
+    result = measure(configs, {"sst2": [3, 4], "mrpc": [50]}, threads=3, passes=7, length=64)
+    (job,) = jobs  # one architecture, one child
+    assert job["dev_lengths"] == {"dev:sst2": [3, 4], "dev:mrpc": [50]}
+    assert (job["threads"], job["passes"], job["length"], job["batches"]) == (3, 7, 64, [1, 32])
+    assert "hidden_dropout_prob" not in job["config"] and job["config"]["num_hidden_layers"] == 1
+    assert list(result["archs"].values())[0]["names"] == ["x", "y"]

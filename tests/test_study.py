@@ -1,0 +1,214 @@
+"""Studies: grid expansion, the comparability rules on made-up records, the dirty-tree refusal, and the
+real ``study`` CLI end to end on a tiny random BERT."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import FIXTURE_GLUE, harness_cli, run_record
+from harness.metrics import compute_metrics
+from harness.schema import ConfigError
+from harness.study import load_study
+from harness.study_build import build_table
+
+KD = "objective:\n  - {term: hinton_kd, temperature: 2.0, alpha: 0.5}\n"
+NOKD = "objective:\n  - {term: ce}\n"
+COMMON = """\
+student: {init: teacher_layers, layers: [0, 2]}
+training: {epochs: 1, batch_size: 16, lr: 1.0e-3, max_length: 48, max_train_examples: 64, log_every: 4}
+speed: {seq_len: 32, throughput_batch: 4, iters: 2}
+"""
+
+
+def write_recipes(root: Path, card: Path, tasks=("sst2", "rte")) -> None:
+    for task in tasks:
+        for method, body in (("kd", KD), ("nokd", NOKD)):
+            p = root / "recipes" / "glue" / task / method / "tiny.yaml"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(f"task: {task}\nteachers:\n  - card: {card}\n{COMMON}{body}")
+
+
+def write_study(root: Path, body: str) -> Path:
+    p = root / "studies" / "s.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(f"recipes: ['{root}/recipes/glue/{{task}}/*/tiny.yaml']\n{body}")
+    return p
+
+
+def test_grid_expands_every_recipe_and_axes_limited_to_rows(tmp_path, tiny_card):
+    write_recipes(tmp_path, tiny_card)
+    sp = load_study(write_study(tmp_path, """\
+tasks: [sst2, rte]
+seeds: [0, 1, 2]
+per_task: {rte: ["training.max_length=32"]}
+grid:
+  training.lr: [1.0e-3, 1.0e-4]
+  objective.0.temperature: {values: [1.0, 4.0], rows: ["kd/*"]}
+baseline: "nokd/tiny [lr=0.001]"
+"""))
+    assert sp.name == "s"
+    # kd: 2 lr x 2 temperatures; nokd: 2 lr (temperature is not one of its fields)
+    assert sorted(sp.rows) == sorted(["kd/tiny [lr=0.001, temperature=1.0]", "kd/tiny [lr=0.001, temperature=4.0]",
+                                      "kd/tiny [lr=0.0001, temperature=1.0]", "kd/tiny [lr=0.0001, temperature=4.0]",
+                                      "nokd/tiny [lr=0.001]", "nokd/tiny [lr=0.0001]"])
+    assert len(sp.cells) == 2 * 6
+    by = {(c.row, c.task): c.plan for c in sp.cells}
+    hot = by[("kd/tiny [lr=0.0001, temperature=4.0]", "rte")].recipe
+    assert hot.objective[0].params.temperature == 4.0 and hot.training.lr == 1e-4 and hot.training.max_length == 32
+    assert hot.training.seeds == [0, 1, 2]
+    assert by[("nokd/tiny [lr=0.001]", "sst2")].recipe.training.max_length == 48  # per_task is rte's only
+    assert len({p.name for p in by.values()}) == len(by)  # each cell its own record folder
+    assert len({p.hash(0) for p in by.values()}) == len(by)
+
+
+def test_grid_baseline_needs_a_row_and_typos_are_named(tmp_path, tiny_card):
+    write_recipes(tmp_path, tiny_card)
+    with pytest.raises(ConfigError, match="baseline: no row 'nokd/tiny'"):
+        load_study(write_study(tmp_path, "tasks: [sst2]\nseeds: [0]\ngrid: {training.lr: [0.1]}\n"
+                                         "baseline: nokd/tiny\n"))
+    with pytest.raises(ConfigError, match="did you mean 'seeds'"):
+        load_study(write_study(tmp_path, "tasks: [sst2]\nseed: [0]\nbaseline: nokd/tiny\n"))
+    with pytest.raises(ConfigError, match="match no row"):
+        load_study(write_study(tmp_path, "tasks: [sst2]\nseeds: [0]\nbaseline: nokd/tiny\n"
+                                         "grid: {training.lr: {values: [0.1], rows: ['kdd/*']}}\n"))
+
+
+def test_a_dirty_tree_is_refused_with_one_message(monkeypatch):
+    from harness import study_cmd
+
+    monkeypatch.setattr(study_cmd, "git_state", lambda repo: ("abc123", ("harness/distill.py",)))
+    with pytest.raises(ConfigError, match=r"uncommitted changes \(harness/distill.py\).*--allow-dirty"):
+        study_cmd.check_tree(False)
+    assert study_cmd.check_tree(True) == "abc123"
+    monkeypatch.setattr(study_cmd, "git_state", lambda repo: ("abc123", ()))
+    assert study_cmd.check_tree(False) == "abc123"
+
+
+# -- the rules on made-up records ------------------------------------------------------------------
+
+LABELS = np.random.default_rng(0).integers(0, 2, 60)
+
+
+def fake(folder: Path, commit="c1", changed=(), preds=None, **fields) -> None:
+    """A record folder as the harness writes one; predictions give its score."""
+    preds = LABELS if preds is None else preds
+    folder.mkdir(parents=True)
+    (folder / "predictions").mkdir()
+    with open(folder / "predictions" / "dev.tsv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["index", "prediction", "label"])
+        w.writerows(zip(range(len(preds)), preds, LABELS))
+    dev = {"dev": compute_metrics("sst2", preds, LABELS)}
+    m = run_record(dev=dev, score=dev["dev"]["accuracy"], **fields)
+    (folder / "metrics.json").write_text(json.dumps(m.to_json()))
+    (folder / "env.json").write_text(json.dumps({"git_commit": commit, "git_dirty": bool(changed),
+                                                 "git_changed": list(changed), "device": "cpu"}))
+
+
+def flip(share: float, seed: int) -> np.ndarray:
+    """The labels with a share of them wrong: a student of known accuracy."""
+    p = LABELS.copy()
+    idx = np.random.default_rng(seed).choice(len(p), int(share * len(p)), replace=False)
+    p[idx] = 1 - p[idx]
+    return p
+
+
+@pytest.fixture
+def study(tmp_path, tiny_card):
+    write_recipes(tmp_path, tiny_card, ("sst2",))
+    sp = load_study(write_study(tmp_path, "tasks: [sst2]\nseeds: [0, 1, 2]\nbaseline: nokd/tiny\n"))
+    return sp, tmp_path / "results"
+
+
+def populate(sp, results: Path, kd_reads=("T1", "T1", "T1"), kd_commit=("c1", "c1", "c1"), kd_changed=((), (), ())):
+    root = sp.folder(results) / "runs"
+    plans = {c.row: c.plan for c in sp.cells}
+    for instance in ("T1", "T2"):
+        fake(root / "teachers" / "tiny-bert" / "sst2" / instance, kind="teacher", name="teacher/tiny-bert",
+             model="tiny-bert", instance=instance, preds=flip(0.05, 9))
+    for seed in range(3):
+        base, kd = plans["nokd/tiny"], plans["kd/tiny"]
+        fake(root / base.name / f"seed{seed}", name=base.name, seed=seed, recipe_hash=base.hash(seed),
+             teachers=[{"card": "tiny-bert", "weight": 1.0}], preds=flip(0.30, seed))
+        fake(root / kd.name / f"seed{seed}", name=kd.name, seed=seed, recipe_hash=kd.hash(seed),
+             terms=["hinton_kd"], commit=kd_commit[seed], changed=kd_changed[seed],
+             teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": kd_reads[seed]}], preds=flip(0.10, seed + 3))
+
+
+def test_clean_study_gives_stats_retention_and_marks(study):
+    sp, results = study
+    populate(sp, results)
+    t = build_table(sp, results)
+    kd, base = t.row("kd/tiny").cells["sst2"], t.row("nokd/tiny").cells["sst2"]
+    assert kd.n == 3 and base.n == 3 and not kd.excluded and not t.dirty
+    assert kd.mean == pytest.approx(0.9) and base.mean == pytest.approx(0.7)
+    assert kd.retention == pytest.approx(100 * 0.9 / 0.95)
+    assert kd.vs_baseline.mean == pytest.approx(0.2) and kd.vs_baseline.low > 0 and kd.vs_baseline.p_holm < 0.05
+    assert kd.mark == "best" and base.mark is None
+    teachers = [r for r in t.rows if r.kind == "teacher"]
+    assert len(teachers) == 1  # T2 is read by no student: left out, and said so
+    assert any("T2" in n and "another instance" in n for n in t.notes)
+
+
+def test_other_teacher_instance_commit_and_dirty_tree_are_left_out(study):
+    sp, results = study
+    populate(sp, results, kd_reads=("T1", "T1", "T2"), kd_commit=("c1", "c0", "c1"),
+             kd_changed=((), (), ()))
+    kd = build_table(sp, results).row("kd/tiny").cells["sst2"]
+    assert kd.seeds == (0,)
+    reasons = {e.seed: e.reason for e in kd.excluded}
+    assert "from commit c0" in reasons[1]
+    assert "not the study's instance" in reasons[2]
+
+
+def test_dirty_records_need_allow_dirty_and_then_say_so(study):
+    sp, results = study
+    populate(sp, results, kd_changed=((), ("harness/distill.py",), ()))
+    strict = build_table(sp, results)
+    assert strict.row("kd/tiny").cells["sst2"].seeds == (0, 2) and not strict.dirty
+    assert "dirty tree" in strict.row("kd/tiny").cells["sst2"].excluded[0].reason
+    loose = build_table(sp, results, allow_dirty=True)
+    assert loose.row("kd/tiny").cells["sst2"].seeds == (0, 1, 2) and loose.dirty
+
+
+def test_collapsed_seed_is_flagged_and_kept_out_of_claims(study):
+    sp, results = study
+    populate(sp, results)
+    seed1 = sp.folder(results) / "runs" / next(c.plan.name for c in sp.cells if c.row == "kd/tiny") / "seed1"
+    import shutil
+
+    shutil.rmtree(seed1)
+    kd_plan = next(c.plan for c in sp.cells if c.row == "kd/tiny")
+    fake(seed1, name=kd_plan.name, seed=1, recipe_hash=kd_plan.hash(1), terms=["hinton_kd"],
+         teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": "T1"}], preds=np.ones(60, dtype=int))
+    kd = build_table(sp, results).row("kd/tiny").cells["sst2"]
+    assert [f.seed for f in kd.flags] == [1] and kd.flags[0].kind == "one class"
+    assert kd.flags[0].share == pytest.approx(1.0)
+    assert kd.vs_baseline.n_pairs == 2  # the collapsed seed takes no part in the comparison
+
+
+def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
+    write_recipes(tmp_path, tiny_card, ("sst2",))
+    s = write_study(tmp_path, "tasks: [sst2]\nseeds: [1, 2]\nbaseline: nokd/tiny\n")
+    results = tmp_path / "results"
+    args = ("--results-dir", str(results), "--glue-dir", str(FIXTURE_GLUE))
+    plan = harness_cli("study", "plan", str(s), *args)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "2 rows x 1 tasks x 2 seeds" in plan.stdout and "0/2 seeds" in plan.stdout
+    run = harness_cli("study", "run", str(s), *args, "--allow-dirty", "--threads", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = results / "studies" / "s"
+    for name in ("table.md", "table.csv", "table.tex", "pareto.png", "pareto.csv", "speed.json", "speed.md", "speed.csv"):
+        assert (out / name).stat().st_size > 0, name
+    cells = pd.read_csv(out / "table.csv")
+    students = cells[cells.kind == "student"]
+    assert sorted(students.n) == [2, 2] and students.latency_ms.notna().all()
+    speed = json.loads((out / "speed.json").read_text())
+    assert len(speed["archs"]) == 2  # the 4-block teacher and the 2-block student, once each
+    lines = [ln for ln in (out / "speed.md").read_text().splitlines() if ln.startswith("| bert")]
+    assert [ln.split("|")[1].strip() for ln in lines] == ["bert 4L-48", "bert 2L-48"]  # one row each, deepest first
+    again = harness_cli("study", "run", str(s), *args, "--allow-dirty", "--threads", "1")
+    assert again.returncode == 0 and again.stdout.count("skipped: this study's record exists") == 4
