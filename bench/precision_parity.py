@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from harness.archspeed import cpu_model  # noqa: E402
 from harness.precision import cpu_has_native_bf16  # noqa: E402
 from harness.records import git_state, read_record  # noqa: E402
 
@@ -50,16 +51,6 @@ def train(task: str, precision: str, seed: int, results: Path) -> None:
            "--set", f"training.seed={seed}"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summarize(results: Path) -> dict:

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.data import corpus_cap
 from harness.paths import REPO_ROOT
 from harness.recipe_students import student_label
 from harness.records import git_state, load_records, record_commit
@@ -65,7 +66,7 @@ def _phase_examples(plan: RunPlan, rows: int) -> int:
     for _, phase in plan.recipe.named_phases():
         t = plan.recipe.phase_training(phase)
         if phase.corpus is not None and (phase.corpus.files or phase.corpus.glue):
-            n = phase.corpus.max_examples or rows  # unknown text size uncapped: the task's, a lower bound
+            n = corpus_cap(phase.corpus, t) or rows  # an uncapped text's size is unknown: the task's, a lower bound
         else:
             n = min(t.max_train_examples or rows, rows)
         seen = t.max_steps * t.batch_size if t.max_steps else n * t.epochs

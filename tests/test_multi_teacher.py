@@ -246,7 +246,9 @@ speed: {{seq_len: 16, throughput_batch: 4, iters: 1}}
     res = harness_cli("run", str(p), "--results-dir", str(results), "--glue-dir", REAL_GLUE)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "co-finetune tiny-bert + tiny-mpnet on SST-2" in res.stderr  # its progress bar
-    folders = sorted(cache.glob("teachers/*/sst2/co-*"))
+    # this pair's co-finetuned folders (the session's cache holds other tests' co-finetuned teachers too)
+    folders = sorted(f for f in cache.glob("teachers/*/sst2/co-*") if json.loads(
+        (f / "record" / "metrics.json").read_text())["cofinetuned_with"] in (["tiny-bert"], ["tiny-mpnet"]))
     assert [f.parts[-3] for f in folders] == ["tiny-bert", "tiny-mpnet"]
     bert, mpnet = (AutoModelForSequenceClassification.from_pretrained(f) for f in folders)
     assert torch.equal(bert.bert.pooler.dense.weight, mpnet.classifier.dense.weight)

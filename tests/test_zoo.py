@@ -136,7 +136,7 @@ def test_every_method_runs_end_to_end(tmp_path, tiny_card):
     # ... with one teacher-output cache for all its blocks: built for the first (or found), then read
     progressive = [p["teacher_cache"]["status"] for p in runs["mobilebert"]["train"]["phases"][:2]]
     assert progressive[1] == "hit", progressive
-    assert [p["phase"] for p in runs["tinybert"]["train"]["phases"]] == ["intermediate", "prediction"]
+    assert [p["phase"] for p in runs["tinybert"]["train"]["phases"]] == ["general", "intermediate", "prediction"]
     g = json.loads((results / "runs" / "general-files" / "seed42" / "metrics.json").read_text())["train"]["phases"]
     assert g[0]["phase"] == "general" and g[0]["train_examples"] == 40 and g[0]["steps"] == 6  # 2 epochs of 40 / 16
     mlm = [h["terms"][0] for h in g[0]["loss_history"]]
