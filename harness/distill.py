@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from harness import curves
 from harness.data import Collator, length_grouped_batches, loader, rank_shard
-from harness.engine import MODEL_INPUTS, LrScale, device, initialize, model_dtype, to_device, world
+from harness.engine import (MODEL_INPUTS, LrScale, compute_context, device, initialize, model_dtype,
+                            precision_stats, to_device, world)
 from harness.features import Need, forward_features, mixed_forward
 from harness.losses import Batch, Term
 from harness.recipe_parts import DeepSpeedSettings, Training
@@ -98,8 +99,7 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     off = ("off: disabled (--no-teacher-cache)" if not cache_teachers else
            "off: masked-LM inputs change every step" if mask_tokens is not None else None)
     feed.use_cache(list(module.terms), off, training.eval_batch_size, dtype, dev, world()[0] == 0)
-    loop = StageLoop(engine, feed, train_ds, collate, training, settings.gradient_accumulation_steps, seed,
-                     mask_tokens, dtype)
+    loop = StageLoop(engine, feed, train_ds, collate, training, settings, seed, mask_tokens)
     loop.run(total, desc, checkpoint)
     stats = loop.stats(student, weighting)
     return engine, stats
@@ -123,10 +123,11 @@ class StageLoop:
     """The optimisation loop of one stage: length-grouped global batches, split over ranks and into
     gradient-accumulation micro-batches; losses summed on the device and read back only when logging."""
 
-    def __init__(self, engine, feed: TeacherFeed, train_ds, collate: Collator, training: Training, ga: int,
-                 seed: int, mask_tokens: Callable | None, dtype: torch.dtype):
+    def __init__(self, engine, feed: TeacherFeed, train_ds, collate: Collator, training: Training,
+                 settings: DeepSpeedSettings, seed: int, mask_tokens: Callable | None):
         self.engine, self.feed, self.ds, self.collate = engine, feed, train_ds, collate
-        self.training, self.ga, self.seed, self.mask_tokens, self.dtype = training, ga, seed, mask_tokens, dtype
+        self.training, self.seed, self.mask_tokens, self.settings = training, seed, mask_tokens, settings
+        self.ga, self.dtype = settings.gradient_accumulation_steps, model_dtype(settings)
         self.dev = device()
         n_teachers = len(feed.teachers)
         t_weights = torch.tensor([t.weight for t in feed.teachers] or [1.0], device=self.dev)
@@ -222,8 +223,9 @@ class StageLoop:
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         t_inputs = self.feed.inputs(inputs, own, self.dev)
         t_feats = self.feed.features(micro, t_inputs, self.dtype)
-        loss, parts, mean_w = self.engine(inputs, batch.get("labels"), t_feats, self.t_weights,
-                                          self.feed.mixed(t_inputs))
+        with compute_context(self.settings):  # CPU bf16: autocast (the backward follows the forward's casts)
+            loss, parts, mean_w = self.engine(inputs, batch.get("labels"), t_feats, self.t_weights,
+                                              self.feed.mixed(t_inputs))
         self.engine.backward(loss)
         self.engine.step()
         self.loss_sum += loss.detach().float()
@@ -267,7 +269,7 @@ class StageLoop:
             "wall_time_s": round(self.wall, 2),
             "samples_per_s": round(self.seen / self.wall, 2),
             "world_size": world()[1],
-            "precision": str(self.dtype).removeprefix("torch."),
+            **precision_stats(self.settings),
             "attention": student.config._attn_implementation,  # sdpa where the architecture has it (BERT), else eager
             "compiled": self.training.compile,
             "teacher_cache": self.feed.info | {"teacher_forward_examples_uncached": self.seen * len(teachers)},

@@ -41,8 +41,23 @@ def effective(declared: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def cpu_autocast(used: str) -> bool:
+    """Whether bf16 training here is ``torch.autocast`` over fp32 weights, outside DeepSpeed (on a CPU),
+    rather than DeepSpeed's bf16 mode (on a GPU).  Why: DeepSpeed's bf16 mode keeps bf16 weights plus
+    fp32 master copies, and on a CPU its extra copies and casts ate most of bf16's gain (quickstart
+    1.19x fp32 against autocast's larger gain: ``results/bench/quickstart_speed.json``)."""
+    return used == "bf16" and not torch.cuda.is_available()
+
+
+AUTOCAST_WHY = ("torch.autocast bf16 over fp32 weights and fp32 AdamW, outside DeepSpeed: on a CPU, DeepSpeed's "
+                "bf16 mode (bf16 weights with fp32 master copies) kept little of bf16's speed-up "
+                "(results/bench/quickstart_speed.json)")
+
+
 def key_part(declared: str, used: str) -> dict:
     """What a spec hash adds for the precision ``used`` where ``declared`` was asked for: nothing when
-    ``auto`` meant fp32 (so every hash from before ``auto`` could mean bf16 on a CPU is unchanged), or
-    when the spec names it already; else ``{"precision": used}``."""
-    return {"precision": used} if declared == "auto" and used != "fp32" else {}
+    ``auto`` meant fp32 (so every hash from before ``auto`` could mean bf16 on a CPU is unchanged);
+    ``{"precision": used}`` when ``auto`` meant something else; and ``{"bf16": "autocast"}`` where bf16
+    is CPU autocast, which trains differently from DeepSpeed's bf16 mode that earlier CPU runs used."""
+    part = {"precision": used} if declared == "auto" and used != "fp32" else {}
+    return part | ({"bf16": "autocast"} if cpu_autocast(used) else {})

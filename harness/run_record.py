@@ -82,6 +82,9 @@ class StageStats(_Part):
     samples_per_s: float
     world_size: int
     precision: str
+    precision_mode: str | None = Field(None, description="how the precision was applied: 'DeepSpeed' (its fp32, "
+                                                         "bf16 or fp16 mode), or CPU autocast outside DeepSpeed "
+                                                         "and why (absent: records from before it was recorded)")
     attention: str | None = None
     compiled: bool | None = None
     teacher_cache: TeacherCacheInfo | None = None

@@ -189,9 +189,8 @@ speed: {seq_len: 32, throughput_batch: 4, iters: 2}
 @needs_glue
 @pytest.mark.slow
 def test_bf16_path_runs_on_cpu(tmp_path, tiny_card):
-    """The bf16 path without a GPU: DeepSpeed's bf16 config on its CPU accelerator, bf16 weights and
-    autocast in the stage, and the teacher-output cache storing bf16 features, so dtype bugs show up
-    before a GPU sees them."""
+    """The bf16 path without a GPU: autocast over fp32 student weights outside DeepSpeed, bf16 teachers,
+    and the teacher-output cache storing bf16 features, so dtype bugs show up before a GPU sees them."""
     p = tmp_path / "bf16.yaml"
     p.write_text(f"name: bf16\ntask: sst2\nteachers:\n  - card: {tiny_card}\n{BF16}")
     cache, results = tmp_path / "cache", tmp_path / "results"
@@ -199,7 +198,7 @@ def test_bf16_path_runs_on_cpu(tmp_path, tiny_card):
                       env={"KD_HARNESS_CACHE": str(cache)})
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((results / "runs" / "bf16" / "seed42" / "metrics.json").read_text())
-    assert m["train"]["precision"] == "bfloat16"
+    assert m["train"]["precision"] == "bfloat16" and "autocast" in m["train"]["precision_mode"]
     assert all(h["loss"] == h["loss"] for h in m["train"]["loss_history"])  # no NaN
     stored = [f.suffix for f in cache.glob("teacher_outputs/*/*") if f.suffix not in (".npy", ".json")]
     assert stored and set(stored) == {".bf16"}, stored

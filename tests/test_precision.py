@@ -20,7 +20,9 @@ def cpu_bf16(monkeypatch):
 def test_auto_follows_the_cpu(cpu_bf16):
     cpu_bf16(True)
     assert precision.effective("auto") == "bf16" and precision.effective("fp32") == "fp32"
-    assert precision.key_part("auto", "bf16") == {"precision": "bf16"} and precision.key_part("bf16", "bf16") == {}
+    # CPU bf16 is autocast, which trains differently from DeepSpeed's bf16 mode that earlier runs used
+    assert precision.key_part("auto", "bf16") == {"precision": "bf16", "bf16": "autocast"}
+    assert precision.key_part("bf16", "bf16") == {"bf16": "autocast"}
     cpu_bf16(False)
     assert precision.effective("auto") == "fp32" and precision.effective("bf16") == "bf16"
     assert precision.key_part("auto", "fp32") == {}
@@ -65,3 +67,28 @@ def test_plan_hash_names_the_precision_only_when_auto_means_bf16(cpu_bf16, tmp_p
     forced = load(p, ["deepspeed.precision=fp32"])  # an fp32 student of the same bf16 teacher
     assert forced.precision == "fp32" and "precision" not in {k for k in forced.resolved(42) if k != "deepspeed"}
     assert forced.resolved(42)["teacher_checkpoints"] == bf16.resolved(42)["teacher_checkpoints"]
+
+
+def test_cpu_bf16_is_autocast_over_fp32_weights_outside_deepspeed(cpu_bf16):
+    """On a CPU, bf16 stages keep fp32 weights and AdamW (DeepSpeed's bf16 mode off) and run their
+    forward under torch.autocast; the record says so and why."""
+    import torch
+
+    from harness import engine
+    from harness.recipe_parts import DeepSpeedSettings
+
+    cpu_bf16(True)
+    auto = DeepSpeedSettings()
+    assert engine.cpu_autocast(auto) and not engine.ds_config(Training(), auto, 1)["bf16"]["enabled"]
+    assert engine.model_dtype(auto) == torch.bfloat16  # the teachers' weights and cached features
+    with engine.compute_context(auto):
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.bfloat16
+    stats = engine.precision_stats(auto)
+    assert stats["precision"] == "bfloat16" and "autocast" in stats["precision_mode"]
+    fp32 = DeepSpeedSettings(precision="fp32")
+    assert not engine.cpu_autocast(fp32) and engine.precision_stats(fp32)["precision_mode"] == "DeepSpeed"
+    with engine.compute_context(fp32):
+        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
+    cpu_bf16(False)
+    assert not engine.cpu_autocast(auto)
