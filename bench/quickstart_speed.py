@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness.archspeed_worker import cpu_model  # noqa: E402
+from harness.archspeed import cpu_model  # noqa: E402
 from harness.precision import cpu_has_native_bf16  # noqa: E402
 from harness.records import git_state  # noqa: E402
 
