@@ -75,10 +75,11 @@ def main() -> None:
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="kd-quickstart-speed-"))
     codes = [checkout(ref, scratch) for _, ref, _ in ARMS]
-    runs = []
+    runs, n = [], 0
     for rep in range(-1, args.reps):  # rep -1: untimed, fine-tunes each arm's teacher and builds its cache
         for (label, ref, sets), code in zip(ARMS, codes):
-            got = run_once(code, sets, scratch / f"results-{len(runs)}", args.glue_dir)
+            n += 1  # a fresh results folder per run: another version's records are not this one's to read
+            got = run_once(code, sets, scratch / f"results-{n}", args.glue_dir)
             print(f"rep {rep}  {label:45s} {got['samples_per_s']:7.1f} ex/s  dev {got['score']:.4f}", flush=True)
             if rep >= 0:
                 runs.append({"arm": label, "ref": ref or "this checkout", "sets": sets, "rep": rep} | got)

@@ -188,6 +188,15 @@ def find_row(entry: dict, device: str = "cpu", dtype: str = "float32", batch: in
     raise KeyError(f"no row {device}/{dtype}/batch {batch}/{lengths}")
 
 
+def model_latency_ms(speed: dict, model: str) -> float | None:
+    """CPU fp32, batch 1, fixed length: the median of the architecture ``model`` (a card or student
+    label) was measured as in ``speed`` (a study's ``speed.json``); None where it was not measured."""
+    for entry in speed["archs"].values():
+        if model in entry["names"]:
+            return find_row(entry)["median_ms"]
+    return None
+
+
 def _depth(fields: dict) -> tuple[str, int] | None:
     return next(((n, fields[n]) for n in LAYER_FIELDS if n in fields), None)
 

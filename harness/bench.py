@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
+from harness.archspeed_worker import time_passes
 from harness.paths import cache_dir
 from harness.precision import cpu_has_native_bf16
 from harness.records import read_record, record_folders, rewrite_record
@@ -28,22 +30,13 @@ from harness.run_record import Speed
 
 def _timeit(model: nn.Module, batch: int, seq_len: int, vocab: int, dev: torch.device, iters: int,
             warmup: int, dtype: torch.dtype) -> float:
-    """Seconds per forward pass, median of ``iters`` timed passes after ``warmup`` untimed ones."""
+    """Seconds per forward pass, median of ``iters`` timed passes after ``warmup`` untimed ones, on one
+    batch of random ids (the studies' timing loop, :func:`harness.archspeed_worker.time_passes`)."""
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, min(vocab, 20000), (batch, seq_len), generator=gen).to(dev)
-    mask = torch.ones_like(ids)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    times = []
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-        for i in range(warmup + iters):
-            sync()
-            t0 = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    ids = torch.randint(1000, min(vocab, 20000), (batch, seq_len), generator=gen)
+    times = time_passes(model, [(ids, torch.ones_like(ids))] * (warmup + iters), warmup, dev.type,
+                        str(dtype).removeprefix("torch."))
+    return statistics.median(times)
 
 
 def _cpu(model: nn.Module, seq_len: int, throughput_batch: int, iters: int, dtype: torch.dtype) -> dict:

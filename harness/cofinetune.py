@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from harness.data import Collator, length_grouped_batches, rank_shard
 from harness.models import HEADS
-from harness.engine import MODEL_INPUTS, compute_context, device, initialize, precision_stats, to_device, world
+from harness.engine import MODEL_INPUTS, device, initialize, precision_stats, to_device, world
 from harness.recipe_parts import DeepSpeedSettings, Training
 from harness.resume import StageCheckpoint, set_rng_state
 
@@ -132,9 +132,8 @@ class _JointLoop:
             for gbatch in gbatches[:total - self.epoch_start][skip:]:
                 rows = rank_shard(gbatch, rank, world_size)
                 batches = [to_device(c([ds[int(i)] for i in rows]), dev) for c, ds in zip(self.collates, self.datasets)]
-                with compute_context(self.settings):
-                    loss = self.engine([{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches],
-                                       batches[0]["labels"], self.regression, self.step)
+                loss = self.engine([{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches],
+                                   batches[0]["labels"], self.regression, self.step)
                 self.engine.backward(loss)
                 self.engine.step()
                 self.loss_sum += loss.detach().float()

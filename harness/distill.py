@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from harness import curves
 from harness.data import Collator, length_grouped_batches, loader, rank_shard
-from harness.engine import (MODEL_INPUTS, LrScale, compute_context, device, initialize, model_dtype,
+from harness.engine import (MODEL_INPUTS, LrScale, device, initialize, model_dtype,
                             precision_stats, to_device, world)
 from harness.features import Need, forward_features, mixed_forward
 from harness.losses import Batch, Term
@@ -223,9 +223,8 @@ class StageLoop:
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         t_inputs = self.feed.inputs(inputs, own, self.dev)
         t_feats = self.feed.features(micro, t_inputs, self.dtype)
-        with compute_context(self.settings):  # CPU bf16: autocast (the backward follows the forward's casts)
-            loss, parts, mean_w = self.engine(inputs, batch.get("labels"), t_feats, self.t_weights,
-                                              self.feed.mixed(t_inputs))
+        loss, parts, mean_w = self.engine(inputs, batch.get("labels"), t_feats, self.t_weights,
+                                          self.feed.mixed(t_inputs))
         self.engine.backward(loss)
         self.engine.step()
         self.loss_sum += loss.detach().float()

@@ -6,7 +6,6 @@ both build their engines from these, so the two train under the same settings.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from typing import Callable, TypeVar
@@ -43,7 +42,8 @@ def use_bf16(settings: DeepSpeedSettings) -> bool:
 
 
 def cpu_autocast(settings: DeepSpeedSettings) -> bool:
-    """bf16 as ``torch.autocast`` over fp32 weights, outside DeepSpeed (CPU): :func:`precision.cpu_autocast`."""
+    """bf16 as DeepSpeed's ``torch_autocast`` over fp32 weights rather than its bf16 mode (on a CPU):
+    :func:`precision.cpu_autocast`."""
     return precision.cpu_autocast(precision.effective(settings.precision))
 
 
@@ -54,17 +54,9 @@ def model_dtype(settings: DeepSpeedSettings) -> torch.dtype:
     return torch.float16 if settings.precision == "fp16" else torch.float32
 
 
-def compute_context(settings: DeepSpeedSettings):
-    """What a training forward runs under: bf16 autocast on a CPU stage in bf16, else nothing (fp32, or
-    DeepSpeed's own bf16/fp16 weights)."""
-    if cpu_autocast(settings):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def precision_stats(settings: DeepSpeedSettings) -> dict:
     """The record's ``precision`` and ``precision_mode`` for a stage under ``settings``."""
-    mode = precision.AUTOCAST_WHY if cpu_autocast(settings) else "DeepSpeed"
+    mode = precision.AUTOCAST_WHY if cpu_autocast(settings) else "DeepSpeed"  # its fp32, bf16 or fp16 mode
     return {"precision": str(model_dtype(settings)).removeprefix("torch."), "precision_mode": mode}
 
 
@@ -74,7 +66,8 @@ def ds_config(training: Training, settings: DeepSpeedSettings, world_size: int) 
         raise ValueError(
             f"training.batch_size ({training.batch_size}) must be divisible by ranks x gradient_accumulation_steps ({per_step})"
         )
-    bf16 = use_bf16(settings) and not cpu_autocast(settings)  # CPU bf16 is autocast, outside DeepSpeed
+    autocast = cpu_autocast(settings)
+    bf16 = use_bf16(settings) and not autocast  # CPU bf16: DeepSpeed's torch_autocast, not its bf16 mode
     cfg = {
         "train_batch_size": training.batch_size,
         "train_micro_batch_size_per_gpu": training.batch_size // per_step,
@@ -83,6 +76,9 @@ def ds_config(training: Training, settings: DeepSpeedSettings, world_size: int) 
         "zero_optimization": {"stage": settings.zero_stage},
         "bf16": {"enabled": bf16},
         "fp16": {"enabled": settings.precision == "fp16"},
+        # the forward under torch.autocast, weights, gradients and AdamW in fp32 (the loss terms that
+        # autocast lists as fp32 ops, e.g. kl_div and mse_loss, run in fp32)
+        "torch_autocast": {"enabled": autocast, "dtype": "bfloat16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
     }

@@ -42,16 +42,16 @@ def effective(declared: str) -> str:
 
 
 def cpu_autocast(used: str) -> bool:
-    """Whether bf16 training here is ``torch.autocast`` over fp32 weights, outside DeepSpeed (on a CPU),
-    rather than DeepSpeed's bf16 mode (on a GPU).  Why: DeepSpeed's bf16 mode keeps bf16 weights plus
+    """Whether bf16 training here is autocast over fp32 weights (DeepSpeed's ``torch_autocast``, on a
+    CPU) rather than DeepSpeed's bf16 mode (on a GPU).  Why: DeepSpeed's bf16 mode keeps bf16 weights plus
     fp32 master copies, and on a CPU its extra copies and casts ate most of bf16's gain (quickstart
     1.19x fp32 against autocast's larger gain: ``results/bench/quickstart_speed.json``)."""
     return used == "bf16" and not torch.cuda.is_available()
 
 
-AUTOCAST_WHY = ("torch.autocast bf16 over fp32 weights and fp32 AdamW, outside DeepSpeed: on a CPU, DeepSpeed's "
-                "bf16 mode (bf16 weights with fp32 master copies) kept little of bf16's speed-up "
-                "(results/bench/quickstart_speed.json)")
+AUTOCAST_WHY = ("DeepSpeed torch_autocast: bf16 autocast over fp32 weights and fp32 AdamW, not DeepSpeed's "
+                "bf16 mode, whose bf16 weights with fp32 master copies kept little of bf16's speed-up on "
+                "a CPU (results/bench/quickstart_speed.json)")
 
 
 def key_part(declared: str, used: str) -> dict:

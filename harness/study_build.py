@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.archspeed import find_row
+from harness.archspeed import model_latency_ms
 from harness.records import read_predictions
 from harness.study import StudyPlan
 from harness.study_rules import Rec, Rules, budget, read_study_records
@@ -144,12 +144,7 @@ class _Builder:
 
     def _latency(self, model: str) -> float | None:
         """CPU fp32, batch 1, the fixed length: the study's own measurement of the model's architecture."""
-        if self.speed is None:
-            return None
-        for entry in self.speed["archs"].values():
-            if model in entry["names"]:
-                return find_row(entry)["median_ms"]
-        return None
+        return None if self.speed is None else model_latency_ms(self.speed, model)
 
     def _notes(self) -> list[str]:
         notes = []

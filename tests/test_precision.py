@@ -71,7 +71,7 @@ def test_plan_hash_names_the_precision_only_when_auto_means_bf16(cpu_bf16, tmp_p
 
 def test_cpu_bf16_is_autocast_over_fp32_weights_outside_deepspeed(cpu_bf16):
     """On a CPU, bf16 stages keep fp32 weights and AdamW (DeepSpeed's bf16 mode off) and run their
-    forward under torch.autocast; the record says so and why."""
+    forward under DeepSpeed's torch_autocast; the record says so and why."""
     import torch
 
     from harness import engine
@@ -79,16 +79,32 @@ def test_cpu_bf16_is_autocast_over_fp32_weights_outside_deepspeed(cpu_bf16):
 
     cpu_bf16(True)
     auto = DeepSpeedSettings()
-    assert engine.cpu_autocast(auto) and not engine.ds_config(Training(), auto, 1)["bf16"]["enabled"]
+    cfg = engine.ds_config(Training(), auto, 1)
+    assert engine.cpu_autocast(auto) and not cfg["bf16"]["enabled"]
+    assert cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     assert engine.model_dtype(auto) == torch.bfloat16  # the teachers' weights and cached features
-    with engine.compute_context(auto):
-        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
-    assert y.dtype == torch.bfloat16
     stats = engine.precision_stats(auto)
     assert stats["precision"] == "bfloat16" and "autocast" in stats["precision_mode"]
     fp32 = DeepSpeedSettings(precision="fp32")
     assert not engine.cpu_autocast(fp32) and engine.precision_stats(fp32)["precision_mode"] == "DeepSpeed"
-    with engine.compute_context(fp32):
-        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
+    assert not engine.ds_config(Training(), fp32, 1)["torch_autocast"]["enabled"]
     cpu_bf16(False)
     assert not engine.cpu_autocast(auto)
+
+
+def test_a_cpu_bf16_engine_computes_in_bf16_over_fp32_weights(cpu_bf16):
+    """Through the real DeepSpeed engine: its forward returns bf16, its weights stay fp32 after a step."""
+    import torch
+
+    from harness import engine
+    from harness.recipe_parts import DeepSpeedSettings
+
+    cpu_bf16(True)
+    engine.init_distributed()
+    torch.manual_seed(0)
+    eng = engine.initialize(torch.nn.Linear(4, 4), Training(batch_size=2), DeepSpeedSettings(), total_steps=2)
+    y = eng(torch.randn(2, 4))
+    assert y.dtype == torch.bfloat16
+    eng.backward(y.float().pow(2).mean())
+    eng.step()
+    assert eng.module.weight.dtype == torch.float32 and eng.module.weight.grad is None
