@@ -63,7 +63,8 @@ def summarize(results: Path) -> dict:
                     m = read_record(folder)
                     runs.append({"task": task, "precision": precision, "seed": seed, "score": m.score,
                                  "samples_per_s": m.train.samples_per_s, "wall_time_s": m.train.wall_time_s,
-                                 "train_precision": m.train.precision, "teacher_scores": m.teacher_scores,
+                                 "train_precision": m.train.precision,
+                                 "precision_mode": m.train.precision_mode, "teacher_scores": m.teacher_scores,
                                  "record": str(folder.relative_to(results.parent))})
     return {"runs": runs, "tasks": {task: _task_summary([r for r in runs if r["task"] == task]) for task in TASKS}}
 
