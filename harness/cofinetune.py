@@ -95,15 +95,15 @@ def cofinetune(models: list[nn.Module], datasets: list, pad_ids: list[int], regr
     n = len(datasets[0])
     total = training.max_steps or max(1, math.ceil(training.epochs * math.ceil(n / training.batch_size)))
     engine = initialize(joint, training, settings, total)
-    loop = _JointLoop(engine, datasets, [Collator(p, regression) for p in pad_ids], regression, training, seed,
-                      settings)
+    loop = _JointLoop(engine, datasets, [Collator(p, regression) for p in pad_ids], regression, training, seed)
     loop.run(total, desc, checkpoint)
     trained = list(engine.module.models)
     for m in trained:  # evaluated in fp32: under DeepSpeed bf16 the shared head ends in another dtype
         m.float().eval()
     stats = {"train_examples": n, "steps": total, "epochs": round(loop.seen / n, 3), "examples_seen": loop.seen,
              "wall_time_s": round(loop.wall, 2), "samples_per_s": round(loop.seen / loop.wall, 2),
-             "world_size": world()[1], **precision_stats(settings), "cofinetuned": len(models), "loss_history": loop.history}
+             "world_size": world()[1], **precision_stats(settings), "cofinetuned": len(models),
+             "loss_history": loop.history}
     return trained, stats
 
 
@@ -112,10 +112,9 @@ class _JointLoop:
 
     _STATE = ("step", "seen", "epoch", "epoch_start", "history", "wall")
 
-    def __init__(self, engine, datasets: list, collates: list, regression: bool, training: Training, seed: int,
-                 settings: DeepSpeedSettings):
+    def __init__(self, engine, datasets: list, collates: list, regression: bool, training: Training, seed: int):
         self.engine, self.datasets, self.collates, self.regression = engine, datasets, collates, regression
-        self.training, self.seed, self.settings = training, seed, settings
+        self.training, self.seed = training, seed
         self.step = self.seen = self.epoch = self.epoch_start = 0
         self.history, self.wall = [], 0.0
         self.loss_sum = torch.zeros((), device=device())
@@ -132,8 +131,8 @@ class _JointLoop:
             for gbatch in gbatches[:total - self.epoch_start][skip:]:
                 rows = rank_shard(gbatch, rank, world_size)
                 batches = [to_device(c([ds[int(i)] for i in rows]), dev) for c, ds in zip(self.collates, self.datasets)]
-                loss = self.engine([{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches],
-                                   batches[0]["labels"], self.regression, self.step)
+                loss = self.engine([{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches], batches[0]["labels"],
+                                   self.regression, self.step)
                 self.engine.backward(loss)
                 self.engine.step()
                 self.loss_sum += loss.detach().float()
