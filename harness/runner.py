@@ -5,6 +5,7 @@ Every rank runs this same code; rank 0 alone writes files, and barriers keep the
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 from harness import curves
@@ -20,7 +21,7 @@ from harness.options import Options
 from harness.paths import REPO_ROOT, cache_dir
 from harness.phases import train_phases
 from harness.resume import Checkpoints
-from harness.records import env_info, git_state, read_record, record_commit, write_record
+from harness.records import env_info, git_state, read_record, record_commit, twin_record, write_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
 from harness.teacher_prep import ReadyTeacher, ensure_cofinetuned, ensure_teacher, untrained_teacher
@@ -47,6 +48,8 @@ def run_recipe(plan: RunPlan, opts: Options) -> list[dict]:
 def _needs_run(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
     """A record is reused when it is of this very recipe and its model was trained with this cache; a
     record that came with a checkout (trained elsewhere) is reproduced instead."""
+    if opts.study_commit is not None and not opts.force and _copy_twin(plan, seed, out, opts):
+        return False
     if not (out / "metrics.json").exists() or opts.force:
         return True
     old, rhash = read_record(out), plan.hash(seed)
@@ -66,6 +69,26 @@ def _needs_run(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
     if is_main():
         why = "the recipe changed" if old.recipe_hash != rhash else "its model is not in this cache"
         print(f"[{plan.name} seed {seed}] rerunning: a record exists but {why}", flush=True)
+    return True
+
+
+def _copy_twin(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
+    """A study cell that another study has already run at this commit (same recipe hash): its record is
+    copied here instead of trained again, and the teacher records it names are brought in beside it
+    (from the cache; trained only if the cache lacks them, as a run would)."""
+    if (out / "metrics.json").exists() and record_commit(out) == opts.study_commit:
+        return False  # this study's own record: the usual skip
+    rel = out.relative_to(opts.results_dir)
+    twin = twin_record(opts.results_dir, rel, plan.hash(seed), opts.study_commit)
+    if twin is None:
+        return False
+    if is_main():
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(twin, out)
+        print(f"[{plan.name} seed {seed}] copied: study {twin.parents[len(rel.parts) - 1].name} ran this very "
+              f"recipe and seed at this commit ({twin})", flush=True)
+    barrier()
+    ready_teachers(plan, seed, opts)
     return True
 
 

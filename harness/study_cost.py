@@ -15,11 +15,12 @@ from pathlib import Path
 from harness.data import corpus_cap
 from harness.paths import REPO_ROOT
 from harness.recipe_students import student_label
-from harness.records import git_state, load_records, record_commit
+from harness.records import git_state, load_records, record_commit, twin_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
 from harness.study import StudyPlan
 from harness.tasks import get_task, train_rows
+from harness.teacher_prep import joint_spec
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,11 @@ def cell_cost(plan: RunPlan, seeds: list[int], speeds: Speeds, glue_dir: Path | 
         for t in plan.teachers:
             if t.stage is not None and not _cached_here(t.folder(seed)):
                 add(student_label(t.stage.recipe.student, t.stage.student_card), _phase_examples(t.stage, rows))
-    for t in plan.teachers:  # fine-tuned once for every seed of the student
-        if t.card is not None and plan.reads_teachers() and not _cached_here(t.folder(0)):
+    # co-finetuned teachers live in folders of their own; each costs about what its own fine-tune does
+    joint = [f for f, _ in joint_spec(plan, Path(".")).entries] if plan.recipe.cofinetune is not None else None
+    for i, t in enumerate(plan.teachers):  # fine-tuned once for every seed of the student
+        folder = joint[i] if joint is not None else t.folder(0)
+        if t.card is not None and plan.reads_teachers() and not _cached_here(folder):
             ft = t.finetune
             add(t.card.name, int(min(ft.max_train_examples or rows, rows) * ft.epochs))
     return Cost(examples, None if unmeasured else seconds, tuple(dict.fromkeys(unmeasured)))
@@ -107,6 +111,11 @@ def _cached_here(folder: Path) -> bool:
     """Whether a study run would reuse a cached model: it is there, trained at this commit."""
     record = folder / "record"
     return (record / "metrics.json").exists() and record_commit(record) == git_state(REPO_ROOT)[0]
+
+
+def _recorded(folder: Path, commit: str | None) -> bool:
+    """A study's record that a run would keep: there, and of this commit (when there is one)."""
+    return (folder / "metrics.json").exists() and (commit is None or record_commit(folder) == commit)
 
 
 def _duration(s: float) -> str:
@@ -119,15 +128,21 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
     folder = sp.folder(results_dir)
     lines = [f"study {sp.name}: {len(sp.rows)} rows x {len(sp.study.tasks)} tasks x {len(seeds)} seeds "
              f"(baseline: {sp.study.baseline}); records in {folder}", ""]
-    todo_s, todo_ex, missing = 0.0, 0, set()
+    todo_s, todo_ex, missing, commit = 0.0, 0, set(), git_state(REPO_ROOT)[0]
     for cell in sp.cells:
-        done = sum((folder / "runs" / cell.plan.name / f"seed{s}" / "metrics.json").exists() for s in seeds)
-        left = [s for s in seeds if not (folder / "runs" / cell.plan.name / f"seed{s}" / "metrics.json").exists()]
+        rel = {s: Path("runs") / cell.plan.name / f"seed{s}" for s in seeds}
+        left = [s for s in seeds if not _recorded(folder / rel[s], commit)]
+        done = len(seeds) - len(left)
+        twins = [s for s in left if commit and twin_record(folder, rel[s], cell.plan.hash(s), commit)]
+        left = [s for s in left if s not in twins]
         cost = cell_cost(cell.plan, left, speeds, glue_dir) if left else Cost(0, 0.0)
         todo_ex += cost.examples
         todo_s += cost.seconds or 0.0
         missing |= set(cost.unmeasured)
-        when = "done" if not left else (_duration(cost.seconds) if cost.seconds is not None else "not measured")
+        when = "done" if not left and not twins else "" if not left else \
+            _duration(cost.seconds) if cost.seconds is not None else "not measured"
+        if twins:
+            when += f"{'; ' * bool(when)}{len(twins)} seed{'s' * (len(twins) > 1)} to copy from another study"
         lines.append(f"  {cell.row:48s} {get_task(cell.task).display:7s} {done}/{len(seeds)} seeds  "
                      f"{cost.examples:>10,} ex  {when}")
     lines += ["", f"left to train: {todo_ex:,} examples, about {_duration(todo_s)} at the examples/s measured "

@@ -110,7 +110,7 @@ class JointSpec:
     names: list[str]  # how records tell the teachers apart (copies of one card by their seeds)
 
 
-def joint_spec(plan: RunPlan, opts: Options) -> JointSpec:
+def joint_spec(plan: RunPlan, results_dir: Path) -> JointSpec:
     """With per-teacher seeds (copies of one card) the seeds join the key and each folder ends in its
     teacher's seed, so each copy is a cached model with a record of its own; without, the key and the
     folders are what they were before seeds could be given."""
@@ -124,7 +124,7 @@ def joint_spec(plan: RunPlan, opts: Options) -> JointSpec:
     key = "co-" + spec_hash(key_src)
     tags = [f"-seed{s}" for s in seeds] if seeds else [""] * len(cards)
     entries = [(cache_dir() / "teachers" / c.name / task.name / (key + tag),
-                opts.results_dir / "runs" / "teachers" / c.name / task.name / (key + tag))
+                results_dir / "runs" / "teachers" / c.name / task.name / (key + tag))
                for c, tag in zip(cards, tags)]
     names = [f"{c.name} (seed {s})" for c, s in zip(cards, seeds)] if seeds else [c.name for c in cards]
     return JointSpec(settings, seeds, key_src, key, entries, names)
@@ -133,7 +133,7 @@ def joint_spec(plan: RunPlan, opts: Options) -> JointSpec:
 def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
     """The plan's card teachers fine-tuned jointly (MT-BERT co-finetuning), from the cache or trained
     now; one ReadyTeacher per card, like ensure_teacher."""
-    cards, task, js = [t.card for t in plan.teachers], plan.task, joint_spec(plan, opts)
+    cards, task, js = [t.card for t in plan.teachers], plan.task, joint_spec(plan, opts.results_dir)
     settings, names = js.settings, js.names
 
     def train(tmps: list[Path]) -> None:

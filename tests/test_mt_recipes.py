@@ -234,3 +234,29 @@ def test_heterogeneous_teachers_end_to_end(tmp_path, tiny_card, cache):
         mean = m["train"]["teacher_weighting"]["per_epoch"][0]["mean"]
         assert len(mean) == 2 and mean[0] != 0.5  # per example, not the static halves
         assert len(m["teacher_scores"]) == 2 and m["terms"] == ["hinton_kd"]
+
+
+@needs_glue
+def test_plan_cost_counts_cofinetuned_teachers_until_their_joint_folders_are_cached(tmp_path, monkeypatch):
+    """The plan's estimate looks for co-finetuned teachers where co-finetuning puts them (their joint
+    folders), not where a lone fine-tune would: once there at this commit, they cost nothing."""
+    from harness.paths import REPO_ROOT
+    from harness.records import git_state
+    from harness.study_cost import Speeds, cell_cost
+    from harness.teacher_prep import joint_spec
+
+    monkeypatch.setenv("KD_HARNESS_CACHE", str(tmp_path / "cache"))
+    plan, speeds = load(COFT[1]), Speeds(tmp_path / "results")
+    folders = [f for f, _ in joint_spec(plan, tmp_path / "results").entries]
+    assert len(set(folders)) == 3 and all(f.name.startswith("co-") for f in folders)
+    costs = []
+    for n_cached in range(4):
+        for f in folders[:n_cached]:
+            (f / "record").mkdir(parents=True, exist_ok=True)
+            (f / "record" / "metrics.json").write_text("{}")
+            (f / "record" / "env.json").write_text(json.dumps({"git_commit": git_state(REPO_ROOT)[0]}))
+        costs.append(cell_cost(plan, [0], speeds, Path(REAL_GLUE)).examples)
+    # each cached copy takes one fine-tune (MRPC's 3,668 pairs x its epochs) off the estimate
+    steps = {a - b for a, b in zip(costs, costs[1:])}
+    epochs = plan.teachers[0].card.finetune_for("mrpc", plan.recipe.cofinetune).epochs
+    assert steps == {3668 * epochs}

@@ -212,3 +212,22 @@ def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     assert [ln.split("|")[1].strip() for ln in lines] == ["bert 4L-48", "bert 2L-48"]  # one row each, deepest first
     again = harness_cli("study", "run", str(s), *args, "--allow-dirty", "--threads", "1")
     assert again.returncode == 0 and again.stdout.count("skipped: this study's record exists") == 4
+    # a second study sharing the KD row copies its records (same recipe hash, same commit), teachers too
+    t = tmp_path / "studies" / "t.yaml"
+    t.write_text(f"recipes: ['{tmp_path}/recipes/glue/{{task}}/kd/tiny.yaml']\ntasks: [sst2]\nseeds: [1, 2]\n"
+                 "baseline: kd/tiny\n")
+    plan = harness_cli("study", "plan", str(t), *args)
+    assert plan.returncode == 0 and "2 seeds to copy from another study" in plan.stdout, plan.stdout
+    assert "left to train: 0 examples" in plan.stdout
+    shared = harness_cli("study", "run", str(t), *args, "--allow-dirty", "--threads", "1")
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    assert shared.stdout.count("copied: study s ran this very recipe") == 2, shared.stdout
+    kd_runs = Path("runs/glue/sst2/kd/tiny")
+    for seed in (1, 2):
+        copied, source = results / "studies" / "t" / kd_runs / f"seed{seed}", out / kd_runs / f"seed{seed}"
+        assert (copied / "metrics.json").read_bytes() == (source / "metrics.json").read_bytes()
+    teachers = sorted(p.relative_to(results / "studies" / "t") for p in (results / "studies" / "t" / "runs" /
+                                                                          "teachers").rglob("metrics.json"))
+    assert teachers == sorted(p.relative_to(out) for p in (out / "runs" / "teachers").rglob("metrics.json"))
+    t_cells = pd.read_csv(results / "studies" / "t" / "table.csv")
+    assert sorted(t_cells[t_cells.kind == "student"].n) == [2]
