@@ -22,37 +22,41 @@ from harness.engine import barrier, is_main
 from harness.integrity import intact, locked, model_id, write_manifest
 from harness.models import count_parameters, save_model, weights_size_bytes
 from harness.recipe_parts import SpeedSettings
-from harness.records import read_record, record_commit
+from harness.records import read_record, record_commit, same_data
 from harness.run_record import RunRecord
 
 Entry = tuple[Path, Path]  # (cache folder, record folder under results/runs)
 
 
-def is_done(folder: Path, commit: str | None = None) -> bool:
-    """A complete, undamaged entry (damage is reported: the caller rebuilds it), trained at ``commit``
-    when one is given (a study: every record from one commit)."""
+def is_done(folder: Path, data: str, commit: str | None = None) -> bool:
+    """A complete, undamaged entry (damage is reported: the caller rebuilds it) trained on ``data``
+    (tasks.data_id), and at ``commit`` when one is given (a study: every record from one commit)."""
     if not ((folder / "record" / "metrics.json").exists() and intact(folder, "a cached model")):
         return False
-    if commit is not None and (was := record_commit(folder / "record")) != commit:
-        if is_main():
-            print(f"note: {folder.name} was trained at commit {str(was)[:10]}; this study runs at "
-                  f"{commit[:10]}: training it again", flush=True)
-        return False
-    return True
+    why = None
+    if not same_data(record := read_record(folder / "record"), data):
+        why = f"was trained on other data ({record.data}; this run reads {data})"
+    elif commit is not None and (was := record_commit(folder / "record")) != commit:
+        why = f"was trained at commit {str(was)[:10]}; this study runs at {commit[:10]}"
+    if why is not None and is_main():
+        print(f"note: {folder.name} {why}: training it again", flush=True)
+    return why is None
 
 
 def _copy_record(folder: Path, record_dir: Path, replace: bool) -> None:
-    """The cached model's record into the results folder.  A run keeps a record already there (one
-    trained elsewhere, which its students' teacher_scores tell apart); a study replaces one that differs,
-    so its teacher records are those of the instances its students read."""
-    there = record_dir / "metrics.json"
-    if there.exists() and (not replace or there.read_bytes() == (folder / "record" / "metrics.json").read_bytes()):
+    """The cached model's record into the results folder.  A run keeps a record already there of the
+    same data (one trained elsewhere, which its students' teacher_scores tell apart); a study replaces
+    one that differs, so its teacher records are those of the instances its students read."""
+    there, record = record_dir / "metrics.json", folder / "record"
+    if there.exists() and (there.read_bytes() == (record / "metrics.json").read_bytes() or
+                           not replace and same_data(read_record(record_dir), read_record(record).data)):
         return
     shutil.rmtree(record_dir, ignore_errors=True)
-    shutil.copytree(folder / "record", record_dir)
+    shutil.copytree(record, record_dir)
 
 
-def cached_run(entries: list[Entry], train: Callable[[list[Path]], None], commit: str | None = None) -> list[RunRecord]:
+def cached_run(entries: list[Entry], train: Callable[[list[Path]], None], data: str,
+               commit: str | None = None) -> list[RunRecord]:
     """The records of the cached models ``entries`` name, training them first unless every one is
     done.  ``train(tmps)`` runs on every rank; rank 0 writes each model into its ``tmps[i]`` and its
     record into ``tmps[i] / "record"``.  Models trained together (co-finetuning) share one call.
@@ -60,7 +64,7 @@ def cached_run(entries: list[Entry], train: Callable[[list[Path]], None], commit
     ``commit`` (a study), an entry trained at another commit is trained again."""
     with locked(entries[0][0], "this model") if is_main() else contextlib.nullcontext():
         barrier()  # the other ranks wait until rank 0 holds the lock
-        if not all(is_done(folder, commit) for folder, _ in entries):
+        if not all(is_done(folder, data, commit) for folder, _ in entries):
             _train_into_place(entries, train)
         if is_main():
             for folder, record_dir in entries:

@@ -104,18 +104,25 @@ def record_commit(folder: Path) -> str | None:
     return json.loads((folder / "env.json").read_text())["git_commit"]
 
 
-def twin_record(study_folder: Path, rel: Path, recipe_hash: str, commit: str) -> Path | None:
+def twin_record(study_folder: Path, rel: Path, recipe_hash: str, commit: str, data: str) -> Path | None:
     """The same run recorded by another study beside ``study_folder``: the record folder at ``rel``
-    under a sibling study, of the same resolved recipe and seed (``recipe_hash``) and trained at
-    ``commit``.  Studies that share a row (the zoo's KD row is the multi-teacher study's baseline) then
-    train it once."""
+    under a sibling study, of the same resolved recipe and seed (``recipe_hash``), trained at ``commit``
+    on the same ``data``.  Studies that share a row (the zoo's KD row is the multi-teacher study's
+    baseline) then train it once."""
     siblings = study_folder.parent.iterdir() if study_folder.parent.is_dir() else []
     for other in sorted(p for p in siblings if p.is_dir() and p != study_folder):
         folder = other / rel
-        if ((folder / "metrics.json").is_file() and (folder / "env.json").is_file()
-                and record_commit(folder) == commit and read_record(folder).recipe_hash == recipe_hash):
-            return folder
+        if (folder / "metrics.json").is_file() and (folder / "env.json").is_file() and record_commit(folder) == commit:
+            found = read_record(folder)
+            if found.recipe_hash == recipe_hash and found.data == data:
+                return folder
     return None
+
+
+def same_data(record: RunRecord, data: str) -> bool:
+    """Whether a record read ``data`` (tasks.data_id); one from before data was recorded is taken at
+    its word."""
+    return record.data is None or record.data == data
 
 
 def read_record(folder: Path) -> RunRecord:

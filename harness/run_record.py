@@ -124,6 +124,9 @@ class RunRecord(_Part):
     terms: list[str]
     seed: int
     recipe_hash: str
+    data: str | None = Field(None, description="the task data it read (tasks.data_id: a hash of the local "
+                                               "train and dev files, or the Hub dataset); absent in records "
+                                               "from before it was recorded")
     dev: dict[str, dict[str, float]] = Field(description="dev split -> metric -> value (fractions)")
     score: float = Field(description="the task's headline: the mean of its metrics on its dev split(s)")
     train: TrainStats

@@ -21,9 +21,10 @@ from harness.options import Options
 from harness.paths import REPO_ROOT, cache_dir
 from harness.phases import train_phases
 from harness.resume import Checkpoints
-from harness.records import env_info, git_state, read_record, record_commit, twin_record, write_record
+from harness.records import env_info, git_state, read_record, record_commit, same_data, twin_record, write_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
+from harness.tasks import data_id
 from harness.teacher_prep import ReadyTeacher, ensure_cofinetuned, ensure_teacher, untrained_teacher
 
 
@@ -46,29 +47,28 @@ def run_recipe(plan: RunPlan, opts: Options) -> list[dict]:
 
 
 def _needs_run(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
-    """A record is reused when it is of this very recipe and its model was trained with this cache; a
-    record that came with a checkout (trained elsewhere) is reproduced instead."""
+    """A record is reused when it is of this very recipe, read this data, and its model was trained
+    with this cache; a record that came with a checkout (trained elsewhere) is reproduced instead."""
     if opts.study_commit is not None and not opts.force and _copy_twin(plan, seed, out, opts):
         return False
     if not (out / "metrics.json").exists() or opts.force:
         return True
-    old, rhash = read_record(out), plan.hash(seed)
-    if opts.study_commit is not None and old.recipe_hash == rhash:  # a study cell: its record is the claim
+    old, rhash, data = read_record(out), plan.hash(seed), data_id(plan.task, opts.glue_dir)
+    why = "the recipe changed" if old.recipe_hash != rhash else \
+        f"it read other data ({old.data}; this run reads {data})" if not same_data(old, data) else None
+    if opts.study_commit is not None and why is None:  # a study cell: its record is the claim
         if (was := record_commit(out)) == opts.study_commit:
             if is_main():
                 print(f"[{plan.name} seed {seed}] skipped: this study's record exists ({out})", flush=True)
             return False
-        if is_main():
-            print(f"[{plan.name} seed {seed}] rerunning: its record comes from commit {str(was)[:10]}, this "
-                  f"study runs at {opts.study_commit[:10]}", flush=True)
-        return True
-    if old.recipe_hash == rhash and old.checkpoint is not None and intact(Path(old.checkpoint), "a trained student"):
+        why = f"it comes from commit {str(was)[:10]} and this study runs at {opts.study_commit[:10]}"
+    elif why is None and old.checkpoint is not None and intact(Path(old.checkpoint), "a trained student"):
         if is_main():
             print(f"[{plan.name} seed {seed}] skipped: record exists ({out}); --force to rerun", flush=True)
         return False
     if is_main():
-        why = "the recipe changed" if old.recipe_hash != rhash else "its model is not in this cache"
-        print(f"[{plan.name} seed {seed}] rerunning: a record exists but {why}", flush=True)
+        print(f"[{plan.name} seed {seed}] rerunning: a record exists but {why or 'its model is not in this cache'}",
+              flush=True)
     return True
 
 
@@ -79,7 +79,8 @@ def _copy_twin(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
     if (out / "metrics.json").exists() and record_commit(out) == opts.study_commit:
         return False  # this study's own record: the usual skip
     rel = out.relative_to(opts.results_dir)
-    twin = twin_record(opts.results_dir, rel, plan.hash(seed), opts.study_commit)
+    data = data_id(plan.task, opts.glue_dir)
+    twin = twin_record(opts.results_dir, rel, plan.hash(seed), opts.study_commit, data)
     if twin is None:
         return False
     if is_main():
@@ -88,7 +89,8 @@ def _copy_twin(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
         print(f"[{plan.name} seed {seed}] copied: study {twin.parents[len(rel.parts) - 1].name} ran this very "
               f"recipe and seed at this commit ({twin})", flush=True)
     barrier()
-    ready_teachers(plan, seed, opts)
+    if plan.reads_teachers():  # no-KD names no teacher record
+        ready_teachers(plan, seed, opts)
     return True
 
 
@@ -133,7 +135,8 @@ def train_and_record(plan: RunPlan, seed: int, opts: Options, ckpt: Path, out: P
         stats["phases"] = phase_stats
     if is_main():
         finished = finish(student, tok, ckpt, plan.recipe.speed)
-        record = student_record(plan, seed, label, ready, dev, stats, finished, checkpoint or ckpt)
+        record = student_record(plan, seed, label, ready, dev, stats, finished, checkpoint or ckpt,
+                                data_id(task, opts.glue_dir))
         stages = [(s["phase"], s["block"]) for s in phase_stats]  # in the order they trained: stage0, 1, ...
         write_record(out, plan.resolved(seed), record, preds, env_info(REPO_ROOT),
                      curves.record_files(checkpoints.root, stages))
@@ -146,7 +149,7 @@ def train_and_record(plan: RunPlan, seed: int, opts: Options, ckpt: Path, out: P
 
 
 def student_record(plan: RunPlan, seed: int, label: str, ready: list[ReadyTeacher], dev: dict, stats: dict,
-                   finished: dict, checkpoint: Path) -> RunRecord:
+                   finished: dict, checkpoint: Path, data: str) -> RunRecord:
     recipe = plan.recipe
     if len(ready) == 1:  # a chain: the assistant's own lineage, then this student
         lineage = ready[0].lineage + [label]
@@ -160,7 +163,8 @@ def student_record(plan: RunPlan, seed: int, label: str, ready: list[ReadyTeache
                      | ({"instance": r.instance} if r.instance is not None else {}) for t, r in zip(plan.teachers, ready)],
         "teacher_weighting": recipe.teacher_weighting.model_dump(),
         "terms": list(dict.fromkeys(t.term for _, p in recipe.named_phases() for t in p.objective)),
-        "seed": seed, "recipe_hash": plan.hash(seed), "dev": dev, "score": task_headline(plan.task, dev),
+        "seed": seed, "recipe_hash": plan.hash(seed), "data": data, "dev": dev,
+        "score": task_headline(plan.task, dev),
         "train": stats, **finished, "teacher_speed": ready[0].speed if ready else None,
         "teacher_scores": {r.name: r.score for r in ready if r.score is not None}, "checkpoint": str(checkpoint),
     })
@@ -190,7 +194,7 @@ def ensure_stage(plan: RunPlan, seed: int, opts: Options) -> tuple[ReadyTeacher,
     def train(tmps: list[Path]) -> None:
         trained.extend(train_and_record(plan, seed, opts, tmps[0], tmps[0] / "record", record_dir, folder))
 
-    record = cached_run([(folder, record_dir)], train, opts.study_commit)[0]
+    record = cached_run([(folder, record_dir)], train, data_id(plan.task, opts.glue_dir), opts.study_commit)[0]
     return ReadyTeacher(folder, " → ".join(record.lineage), record.lineage, record.speed, record.score,
                         model_id(folder)), trained
 

@@ -19,7 +19,7 @@ from harness.records import git_state, load_records, record_commit, twin_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
 from harness.study import StudyPlan
-from harness.tasks import get_task, train_rows
+from harness.tasks import data_id, get_task, train_rows
 from harness.teacher_prep import joint_spec
 
 
@@ -133,7 +133,8 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
         rel = {s: Path("runs") / cell.plan.name / f"seed{s}" for s in seeds}
         left = [s for s in seeds if not _recorded(folder / rel[s], commit)]
         done = len(seeds) - len(left)
-        twins = [s for s in left if commit and twin_record(folder, rel[s], cell.plan.hash(s), commit)]
+        data = data_id(cell.plan.task, glue_dir)
+        twins = [s for s in left if commit and twin_record(folder, rel[s], cell.plan.hash(s), commit, data)]
         left = [s for s in left if s not in twins]
         cost = cell_cost(cell.plan, left, speeds, glue_dir) if left else Cost(0, 0.0)
         todo_ex += cost.examples

@@ -4,6 +4,8 @@ A record that breaks one is left out of every figure, and its cell says why (:cl
 
 - **one commit**: every record (students, teachers, assistant stages) comes from the commit most of
   the study's records come from, on a clean tree unless the table is built with ``allow_dirty``;
+- **one dataset** per task: every record read the task files most of the task's records read
+  (``data``: a hash of the train and dev files), so a full MNLI never sits beside the 10k sample;
 - **one teacher instance** per (card, task, how it was fine-tuned): the weights a student read
   (``teachers[].instance``) are those of a teacher record of the study; where students read several
   instances, the one most of them read is the study's;
@@ -79,6 +81,8 @@ class Rules:
     def __init__(self, sp: StudyPlan, records: list[Rec], allow_dirty: bool):
         self.sp, self.allow_dirty = sp, allow_dirty
         self.commit = _majority([r.commit for r in records])
+        self.data = {t: _majority([r.record.data for r in records if r.record.task == t])
+                     for t in {r.record.task for r in records}}  # the task data most records read
         self.excluded: dict[str, Exclusion] = {}
         self.teachers: dict[tuple, Rec] = {}  # the study's instance of each teacher key
         self.stages: dict[str, Rec] = {}  # instance -> assistant stage record
@@ -92,6 +96,10 @@ class Rules:
     def _code_ok(self, r: Rec) -> bool:
         if r.commit != self.commit:
             self._leave_out(r, f"from commit {str(r.commit)[:10]}; the study's records come from {str(self.commit)[:10]}")
+            return False
+        if r.record.data != self.data[r.record.task]:
+            self._leave_out(r, f"it read other {get_task(r.record.task).display} data ({r.record.data}); the "
+                               f"study's records read {self.data[r.record.task]}")
             return False
         if r.changed and not self.allow_dirty:
             self._leave_out(r, f"run on a dirty tree ({', '.join(r.changed[:3])}{' ...' * (len(r.changed) > 3)})")

@@ -12,7 +12,9 @@ that MNLI calls its texts ``sentence1``/``sentence2`` and QQP ``question1``/``qu
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -149,6 +151,24 @@ def train_rows(task: Task, glue_dir: Path | None) -> int:
     with _open_text(_find_file(Path(glue_dir), task, "train")) as f:
         rows = sum(1 for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row)
     return rows - (task.implicit_header is None)  # the header row, where the file has one
+
+
+def data_id(task: Task | str, glue_dir: str | Path | None) -> str:
+    """Which data a run of ``task`` reads (its train and dev splits), for records and cache checks: a
+    hash of the local files' bytes (the bundled 10k MNLI sample and the full MNLI are other data), or
+    the Hub dataset it loads."""
+    task = get_task(task) if isinstance(task, str) else task
+    if glue_dir is None:
+        return f"hub:nyu-mll/glue/{task.hub_config}"
+    return _files_id(tuple(_find_file(Path(glue_dir), task, s) for s in ("train", *task.dev_splits)))
+
+
+@functools.lru_cache(maxsize=None)
+def _files_id(paths: tuple[Path, ...]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def load_test(task: Task | str, glue_dir: str | Path, split: str = "test") -> datasets.Dataset:

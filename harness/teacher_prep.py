@@ -25,10 +25,10 @@ from harness.precision import key_part
 from harness.phases import train_and_evaluate
 from harness.recipe_parts import DeepSpeedSettings, SpeedSettings, Training
 from harness.resume import Checkpoints
-from harness.records import env_info, read_record, write_record
+from harness.records import env_info, read_record, same_data, write_record
 from harness.resolved import ResolvedTeacher, RunPlan
 from harness.run_record import RunRecord, Speed
-from harness.tasks import Task, get_task
+from harness.tasks import Task, data_id, get_task
 from harness.teachers import Card
 
 
@@ -65,7 +65,8 @@ def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
             record = RunRecord.model_validate({
                 "kind": "teacher", "name": f"teacher/{card.name}", "task": task.name, "model": card.name,
                 "lineage": [card.name], "teachers": [], "terms": ["ce"], "seed": settings.seed,
-                "recipe_hash": spec_hash(resolved), "dev": dev, "score": task_headline(task, dev), "train": stats,
+                "recipe_hash": spec_hash(resolved), "data": data_id(task, opts.glue_dir), "dev": dev,
+                "score": task_headline(task, dev), "train": stats,
                 **finish(trained, tok, tmps[0], SpeedSettings())})
             write_record(tmps[0] / "record", resolved, record, preds, env_info(REPO_ROOT),
                          curves.record_files(checkpoints.root, [("finetune", None)]))
@@ -74,7 +75,7 @@ def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
         if not opts.keep_checkpoints:
             checkpoints.clear()
 
-    record = cached_run([(folder, record_dir)], train, opts.study_commit)[0]
+    record = cached_run([(folder, record_dir)], train, data_id(task, opts.glue_dir), opts.study_commit)[0]
     return ReadyTeacher(folder, card.name, [card.name], record.speed, record.score, model_id(folder))
 
 
@@ -82,10 +83,13 @@ def warn_if_differs(record_dir: Path, record: RunRecord) -> None:
     """Same spec, other score: fp32 training is not bit-reproducible across CPUs (their kernels sum in
     other orders), so a teacher retrained on another machine can differ from the kept record, which
     stays; the students trained now name the teacher they read in their own records (teacher_scores)."""
-    if (record_dir / "metrics.json").exists() and (old := read_record(record_dir).score) != record.score:
+    if not (record_dir / "metrics.json").exists():
+        return
+    old = read_record(record_dir)
+    if same_data(old, record.data) and old.score != record.score:  # on other data it is replaced
         print(f"note: this teacher scores {100 * record.score:.2f} here; the kept record {record_dir} "
               f"(same spec, trained on {json.loads((record_dir / 'env.json').read_text())['platform']}) says "
-              f"{100 * old:.2f}. Students trained now read this one (see their teacher_scores).", flush=True)
+              f"{100 * old.score:.2f}. Students trained now read this one (see their teacher_scores).", flush=True)
 
 
 def untrained_teacher(card: Card, task: Task) -> ReadyTeacher:
@@ -155,6 +159,7 @@ def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
                     "kind": "teacher", "name": f"teacher/{c.name}", "task": task.name, "model": c.name,
                     "cofinetuned_with": names[:i] + names[i + 1:], "lineage": [c.name], "teachers": [],
                     "terms": ["ce"], "seed": js.seeds[i] if js.seeds else settings.seed, "recipe_hash": js.key[3:],
+                    "data": data_id(task, opts.glue_dir),
                     "dev": dev, "score": task_headline(task, dev), "train": stats,
                     **finish(model, tok, tmp, SpeedSettings())})
                 write_record(tmp / "record", resolved, record, preds, env_info(REPO_ROOT))
@@ -162,7 +167,7 @@ def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
         if not opts.keep_checkpoints:
             checkpoints.clear()
 
-    records = cached_run(js.entries, train, opts.study_commit)
+    records = cached_run(js.entries, train, data_id(task, opts.glue_dir), opts.study_commit)
     labels = [f"{c.name} (co-ft, seed {s})" for c, s in zip(cards, js.seeds)] if js.seeds else \
         [f"{c.name} (co-ft)" for c in cards]
     return [ReadyTeacher(folder, label, [label], r.speed, r.score, model_id(folder))

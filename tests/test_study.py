@@ -123,18 +123,19 @@ def study(tmp_path, tiny_card):
     return sp, tmp_path / "results"
 
 
-def populate(sp, results: Path, kd_reads=("T1", "T1", "T1"), kd_commit=("c1", "c1", "c1"), kd_changed=((), (), ())):
+def populate(sp, results: Path, kd_reads=("T1", "T1", "T1"), kd_commit=("c1", "c1", "c1"), kd_changed=((), (), ()),
+             kd_data=("d1", "d1", "d1")):
     root = sp.folder(results) / "runs"
     plans = {c.row: c.plan for c in sp.cells}
     for instance in ("T1", "T2"):
         fake(root / "teachers" / "tiny-bert" / "sst2" / instance, kind="teacher", name="teacher/tiny-bert",
-             model="tiny-bert", instance=instance, preds=flip(0.05, 9))
+             model="tiny-bert", instance=instance, preds=flip(0.05, 9), data="d1")
     for seed in range(3):
         base, kd = plans["nokd/tiny"], plans["kd/tiny"]
         fake(root / base.name / f"seed{seed}", name=base.name, seed=seed, recipe_hash=base.hash(seed),
-             teachers=[{"card": "tiny-bert", "weight": 1.0}], preds=flip(0.30, seed))
+             teachers=[{"card": "tiny-bert", "weight": 1.0}], preds=flip(0.30, seed), data="d1")
         fake(root / kd.name / f"seed{seed}", name=kd.name, seed=seed, recipe_hash=kd.hash(seed),
-             terms=["hinton_kd"], commit=kd_commit[seed], changed=kd_changed[seed],
+             terms=["hinton_kd"], commit=kd_commit[seed], changed=kd_changed[seed], data=kd_data[seed],
              teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": kd_reads[seed]}], preds=flip(0.10, seed + 3))
 
 
@@ -164,6 +165,15 @@ def test_other_teacher_instance_commit_and_dirty_tree_are_left_out(study):
     assert "not the study's instance" in reasons[2]
 
 
+def test_a_record_of_other_task_data_is_left_out(study):
+    """The full MNLI and the bundled 10k sample are both 'MNLI': their records never share a cell."""
+    sp, results = study
+    populate(sp, results, kd_data=("d1", "d2", "d1"))
+    kd = build_table(sp, results).row("kd/tiny").cells["sst2"]
+    assert kd.seeds == (0, 2)
+    assert [e.reason for e in kd.excluded] == ["it read other SST-2 data (d2); the study's records read d1"]
+
+
 def test_dirty_records_need_allow_dirty_and_then_say_so(study):
     sp, results = study
     populate(sp, results, kd_changed=((), ("harness/distill.py",), ()))
@@ -183,7 +193,7 @@ def test_collapsed_seed_is_flagged_and_kept_out_of_claims(study):
     shutil.rmtree(seed1)
     kd_plan = next(c.plan for c in sp.cells if c.row == "kd/tiny")
     fake(seed1, name=kd_plan.name, seed=1, recipe_hash=kd_plan.hash(1), terms=["hinton_kd"],
-         teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": "T1"}], preds=np.ones(60, dtype=int))
+         teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": "T1"}], preds=np.ones(60, dtype=int), data="d1")
     kd = build_table(sp, results).row("kd/tiny").cells["sst2"]
     assert [f.seed for f in kd.flags] == [1] and kd.flags[0].kind == "one class"
     assert kd.flags[0].share == pytest.approx(1.0)
