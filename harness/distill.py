@@ -70,7 +70,7 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
                 lr_scale: LrScale | None = None, cache_teachers: bool = True,
                 weighting: WeightingSpec = WeightingSpec(),
                 teacher_needs: list[Need] | None = None,
-                checkpoint: StageCheckpoint | None = None) -> tuple[nn.Module, dict]:
+                checkpoint: StageCheckpoint | None = None, stream_start: int = 0) -> tuple[nn.Module, dict]:
     """Train ``student`` on ``train_ds`` with the weighted ``terms``; returns (engine, stats).
 
     ``mask_tokens(input_ids) -> (input_ids, mlm_labels)`` turns a step into masked-LM data (a corpus
@@ -79,7 +79,9 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     ``weighting`` turns the teachers' static weights into per-example ones (see :mod:`harness.weighting`);
     ``teacher_needs`` widens what each teacher exposes (and caches), so that the stages of a progressive
     phase, each reading one block, share one cache; ``checkpoint`` saves the stage as it goes and
-    resumes it from there (:mod:`harness.resume`).
+    resumes it from there (:mod:`harness.resume`); ``stream_start`` global batches of the seed's batch
+    stream were taken by earlier stages (the lower blocks of a progressive phase), and this one goes on
+    from there rather than starting epoch 0 again.
     """
     dev = device()
     torch.manual_seed(seed)
@@ -99,7 +101,7 @@ def train_stage(student: nn.Module, teachers: list[Teacher], terms: list[tuple[T
     off = ("off: disabled (--no-teacher-cache)" if not cache_teachers else
            "off: masked-LM inputs change every step" if mask_tokens is not None else None)
     feed.use_cache(list(module.terms), off, training.eval_batch_size, dtype, dev, world()[0] == 0)
-    loop = StageLoop(engine, feed, train_ds, collate, training, settings, seed, mask_tokens)
+    loop = StageLoop(engine, feed, train_ds, collate, training, settings, seed, mask_tokens, (stream_start, per_epoch))
     loop.run(total, desc, checkpoint)
     stats = loop.stats(student, weighting)
     return engine, stats
@@ -124,7 +126,8 @@ class StageLoop:
     gradient-accumulation micro-batches; losses summed on the device and read back only when logging."""
 
     def __init__(self, engine, feed: TeacherFeed, train_ds, collate: Collator, training: Training,
-                 settings: DeepSpeedSettings, seed: int, mask_tokens: Callable | None):
+                 settings: DeepSpeedSettings, seed: int, mask_tokens: Callable | None,
+                 stream: tuple[int, int] = (0, 1)):
         self.engine, self.feed, self.ds, self.collate = engine, feed, train_ds, collate
         self.training, self.seed, self.mask_tokens, self.settings = training, seed, mask_tokens, settings
         self.ga, self.dtype = settings.gradient_accumulation_steps, model_dtype(settings)
@@ -140,13 +143,16 @@ class StageLoop:
         self.mark = (time.perf_counter(), 0)  # (time, examples seen) at the last log: examples/s between logs
         self.step, self.seen, self.epoch, self.total, self.wall = 0, 0, 0, 0, 0.0
         self.epoch_start, self.finished = 0, False  # the step the current epoch began at; resumed finished
+        # a stage that continues the batch stream (start, per epoch) begins inside an epoch, which thus
+        # began before its step 0
+        self.epoch, self.epoch_start = stream[0] // stream[1], -(stream[0] % stream[1])
 
     def run(self, total: int, desc: str, ckpt: StageCheckpoint | None = None) -> None:
         """Train to ``total`` optimiser steps; with ``ckpt``, first resume from its latest checkpoint
         (a finished stage just gets its final weights back) and save as it goes."""
         self.total = total
         self.engine.train()
-        skip, rng = self.restore(ckpt, desc) if ckpt is not None else (0, None)
+        skip, rng = self.restore(ckpt, desc) if ckpt is not None else (self.step - self.epoch_start, None)
         if self.finished or (rng is not None and not skip):
             set_rng_state(rng)  # at an epoch boundary: the next epoch's loader draws from it as it did
         if self.finished:
@@ -160,7 +166,7 @@ class StageLoop:
         self.mark = (time.perf_counter(), self.seen)
         while self.step < total:
             gbatches = length_grouped_batches(lengths, self.training.batch_size, self.seed, self.epoch)
-            gbatches = gbatches[:total - self.epoch_start][skip:]  # a resumed epoch skips what it did
+            gbatches = gbatches[:total - self.epoch_start][skip:]  # a resumed (or continued) epoch skips what was done
             micro = [m for g in gbatches for m in np.array_split(rank_shard(g, rank, world_size), self.ga)]
             batches = iter(loader(micro, self.ds, self.collate, self.feed.own_data, workers, pin=self.dev.type == "cuda"))
             if rng is not None and skip:
@@ -203,7 +209,7 @@ class StageLoop:
         already done (to skip) and the RNG states to set."""
         latest = ckpt.latest()
         if latest is None:
-            return 0, None
+            return self.step - self.epoch_start, None
         state, rng = ckpt.load(self.engine, latest["tag"], weights_only=latest["done"])
         for k in self._POSITION:
             setattr(self, k, state[k])

@@ -85,6 +85,9 @@ def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int,
         # projection per term, as TinyBERT learns one W_h for all its mapped layers, not one per block
         phase_terms = build_terms(phase, s_shape, t_shapes, where)
         phase_needs = teacher_needs(phase_terms, len(teachers))  # before any restrict: all blocks' needs
+        stream = 0  # a progressive phase's blocks take turns along one batch stream, as joint's one phase does
+        if phase.progressive is not None:
+            training = phase.progressive.block_training(training, s_shape.layers)
         for block in range(s_shape.layers) if phase.progressive else [None]:
             terms, lr_scale = phase_terms, None
             if block is not None:
@@ -99,7 +102,7 @@ def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int,
             engine, st = train_stage(model, teachers, terms, train_ds, plan.task.is_regression, training,
                                      plan.recipe.deepspeed, tok.pad_token_id, seed, desc, mask_tokens, lr_scale,
                                      opts.teacher_cache, weighting, phase_needs if block is not None else None,
-                                     checkpoints.stage(index) if checkpoints else None)
+                                     checkpoints.stage(index) if checkpoints else None, stream)
             index += 1
             model = engine.module.student
             if plan.recipe.deepspeed.zero_stage == 3:  # a plain full model for the next stage and for saving
@@ -107,6 +110,7 @@ def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int,
                 if block is not None:  # the next block goes on with the same projections' values
                     phase_terms = gather_zero3_terms(phase_terms, build_terms(phase, s_shape, t_shapes, where))
             stats.append({"phase": phase.name, "block": block, "terms": [t.term for t in phase.objective], **st})
+            stream += st["steps"] if block is not None else 0
             del engine
     for p in model.parameters():
         p.requires_grad_(True)

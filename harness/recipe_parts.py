@@ -8,6 +8,7 @@ and its cross-field checks are in :mod:`harness.recipe`.
 from __future__ import annotations
 
 import difflib
+import math
 import importlib.util
 from typing import Any, Literal
 
@@ -215,6 +216,17 @@ class Progressive(Strict):
     lower: Literal["freeze", "reduced_lr"] = Field("freeze", description="what happens to the blocks (and "
                                                                          "embeddings) below the one being trained")
     lr_scale: float = Field(0.1, gt=0, le=1, description="their learning-rate multiplier with lower: reduced_lr")
+    budget: Literal["per_block", "shared"] = Field(
+        "per_block", description="per_block: every block trains the phase's epochs (or max_steps); shared: the "
+                                 "blocks share them (each gets 1/blocks, the stream going on from block to block), "
+                                 "so the phase costs what one non-progressive phase of the same training does")
+
+    def block_training(self, training: Training, blocks: int) -> Training:
+        """What one block's stage trains on."""
+        if self.budget == "per_block":
+            return training
+        return training.model_copy(update={"epochs": training.epochs / blocks,
+                                           "max_steps": training.max_steps and math.ceil(training.max_steps / blocks)})
 
 
 class Phase(Strict):

@@ -70,8 +70,10 @@ def _phase_examples(plan: RunPlan, rows: int) -> int:
             n = corpus_cap(phase.corpus, t) or rows  # an uncapped text's size is unknown: the task's, a lower bound
         else:
             n = min(t.max_train_examples or rows, rows)
-        seen = t.max_steps * t.batch_size if t.max_steps else n * t.epochs
         blocks = plan.student_shape.layers if phase.progressive is not None and plan.student_shape else 1
+        if phase.progressive is not None:
+            t = phase.progressive.block_training(t, blocks)
+        seen = t.max_steps * t.batch_size if t.max_steps else n * t.epochs
         total += int(seen * blocks)
     return total
 

@@ -308,6 +308,38 @@ def test_progressive_phase_trains_one_block_at_a_time(tmp_path, tiny_card, monke
     assert len(projections) == 2 and projections[0] is projections[1]  # one W_h (32 -> 48) for both blocks
 
 
+def test_progressive_blocks_continue_one_batch_stream(tmp_path, tiny_card, monkeypatch):
+    """Block b's stage takes the batches after block b-1's, as joint's single layer-wise phase would,
+    not the first batches of epoch 0 again (which left half the data unseen at epochs: 0.5 per block);
+    the final phase starts its own stream."""
+    from harness import distill, phases
+    from harness.data import length_grouped_batches
+    from harness.distill import Teacher
+    from harness.engine import init_distributed
+    from harness.options import Options
+
+    init_distributed()
+    extra = ("phases:\n  - {name: progressive, progressive: {lower: freeze}, objective: [{term: hidden_mse}]}\n"
+             "  - {name: final, objective: [{term: hinton_kd}]}\n"
+             "training: {max_steps: 1, batch_size: 2, lr: 1.0e-2, warmup_ratio: 0.0, max_length: 16, log_every: 1}\n"
+             "deepspeed: {precision: fp32}\n")
+    plan = load(_recipe(tmp_path, TINY_STUDENT, str(tiny_card), extra))
+    model, tok, label = build_student(plan.recipe.student, plan.student_card, plan.task, seed=0)
+    teacher = Teacher(load_classifier(plan.teachers[0].card.pretrained_path(), plan.task), 1.0)
+    seen, real_loader = [], distill.loader
+
+    def recording_loader(micro, ds, *args, **kwargs):
+        seen.append(([m.tolist() for m in micro], np.asarray(ds["length"])))
+        return real_loader(micro, ds, *args, **kwargs)
+
+    monkeypatch.setattr(distill, "loader", recording_loader)
+    opts = Options(results_dir=tmp_path / "results", glue_dir=FIXTURE_GLUE, teacher_cache=False)
+    phases.train_phases(plan, model, tok, [teacher], 0, label, opts)
+    stream = [b.tolist() for b in length_grouped_batches(seen[0][1], 2, 0, 0)]  # seed 0, epoch 0
+    assert len(stream) == 2  # the fixture's 3 SST-2 rows in batches of 2
+    assert [m for m, _ in seen] == [[stream[0]], [stream[1]], [stream[0]]]  # block 0, block 1, final
+
+
 # -- the shipped recipes and the three strategies end to end ------------------------------------------
 def test_shipped_recipes_validate_one_row_per_strategy():
     plans = [load(p) for p in SHIPPED]  # what `harness validate` runs: parse, resolve, check against the cards
@@ -318,6 +350,15 @@ def test_shipped_recipes_validate_one_row_per_strategy():
         assert plan.student_shape == Shape(6, 384, 4) and plan.teachers[0].shape == Shape(6, 384, 12)
         terms = [t.term for _, ph in plan.recipe.named_phases() for t in ph.objective]
         assert terms == ["hidden_mse", "attention_kl_grouped", "hinton_kd"]
+    # progressive's layer-wise phase trains what joint's does, on every task (WNLI's 10 epochs too)
+    by = {(p.task.name, p.name.split("/")[2]): p for p in plans}
+    for task in {t for t, _ in by}:
+        prog, joint = by[task, "mobilebert_prog"], by[task, "mobilebert_joint"]
+        layerwise = [prog.recipe.phase_training(ph) for _, ph in prog.recipe.named_phases()][0]
+        block = prog.recipe.named_phases()[0][1].progressive.block_training(layerwise, prog.student_shape.layers)
+        joint_epochs = joint.recipe.phase_training(joint.recipe.named_phases()[0][1]).epochs
+        assert block.epochs * prog.student_shape.layers == pytest.approx(joint_epochs), task
+        assert joint_epochs == (10 if task == "wnli" else 3)
 
 
 @needs_glue
