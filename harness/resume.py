@@ -14,7 +14,8 @@ later phase does not train the earlier ones again.
 DeepSpeed has written it, so a kill during a save leaves the previous one in force.  On CPU a resumed
 run ends bitwise equal to an uninterrupted one (tests/test_resume.py checks records and predictions).
 The checkpoints are deleted once the run's model and record are written (``--keep-checkpoints``
-keeps them).
+keeps them).  Each names the commit of the code that wrote it: a study (whose records claim one commit)
+starts a stage again rather than resume another commit's checkpoint; a plain run resumes it and says so.
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ from pathlib import Path
 import torch
 
 from harness.engine import barrier, is_main
-from harness.paths import cache_dir
+from harness.paths import REPO_ROOT, cache_dir
+from harness.records import git_state
 
 LATEST = "latest.json"
+_NOTED: set[Path] = set()  # stages whose other-commit checkpoint this process has reported
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,19 @@ class Checkpoints:
 
     root: Path
     every: int  # optimiser steps between saves (each epoch end saves too)
+    commit: str | None = None  # the code that trains now (None: not a git checkout)
+    strict: bool = False  # a study's: another commit's checkpoint is not resumed
 
     @classmethod
-    def for_run(cls, target: Path, every: int) -> Checkpoints:
-        """The checkpoints of the run whose model goes to ``target`` (its final cache folder)."""
+    def for_run(cls, target: Path, every: int, study_commit: str | None = None) -> Checkpoints:
+        """The checkpoints of the run whose model goes to ``target`` (its final cache folder); a study
+        run (``study_commit``) resumes only checkpoints of its own commit."""
         key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:12]
-        return cls(cache_dir() / "checkpoints" / f"{target.name}-{key}", every)
+        commit = study_commit if study_commit is not None else git_state(REPO_ROOT)[0]
+        return cls(cache_dir() / "checkpoints" / f"{target.name}-{key}", every, commit, study_commit is not None)
 
     def stage(self, index: int) -> StageCheckpoint:
-        return StageCheckpoint(self.root / f"stage{index}", self.every)
+        return StageCheckpoint(self.root / f"stage{index}", self.every, self.commit, self.strict)
 
     def clear(self) -> None:
         if is_main():
@@ -71,11 +78,25 @@ def set_rng_state(state: dict) -> None:
 class StageCheckpoint:
     folder: Path
     every: int
+    commit: str | None = None
+    strict: bool = False
 
     def latest(self) -> dict | None:
-        """{"tag": ..., "done": bool, "step": int} of the newest complete checkpoint, or None."""
+        """{"tag": ..., "done": bool, "step": int, "commit": ...} of the newest complete checkpoint to
+        resume, or None (none, or another commit's under ``strict``)."""
         path = self.folder / LATEST
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        latest = json.loads(path.read_text())
+        was = latest["commit"] if "commit" in latest else None  # absent: written before commits were kept
+        if was == self.commit:
+            return latest
+        if is_main() and self.folder not in _NOTED:
+            _NOTED.add(self.folder)
+            print(f"note: the checkpoint in {self.folder} was written by commit {str(was)[:10]}, and this "
+                  f"{'study' if self.strict else 'run'} runs {str(self.commit)[:10]}: " +
+                  ("training the stage from the start" if self.strict else "resuming it anyway"), flush=True)
+        return None if self.strict else latest
 
     def save(self, engine, tag: str, state: dict, done: bool) -> None:
         """A checkpoint of ``engine`` with ``state`` (the loop's position), then the pointer to it."""
@@ -86,7 +107,7 @@ class StageCheckpoint:
         barrier()
         if is_main():
             tmp = self.folder / (LATEST + ".tmp")
-            tmp.write_text(json.dumps({"tag": tag, "done": done, "step": state["step"]}) + "\n")
+            tmp.write_text(json.dumps({"tag": tag, "done": done, "step": state["step"], "commit": self.commit}) + "\n")
             tmp.rename(self.folder / LATEST)
             for old in self.folder.iterdir():  # earlier checkpoints of this stage are superseded
                 if old.is_dir() and old.name != tag:

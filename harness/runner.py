@@ -125,7 +125,7 @@ def train_and_record(plan: RunPlan, seed: int, opts: Options, ckpt: Path, out: P
         t_tok = load_tokenizer(r.folder)
         if tokenizer_id(t_tok) != tokenizer_id(tok):  # it reads the text through its own tokenizer
             t.tokenizer = t_tok
-    checkpoints = Checkpoints.for_run(checkpoint or ckpt, opts.checkpoint_every)
+    checkpoints = Checkpoints.for_run(checkpoint or ckpt, opts.checkpoint_every, opts.study_commit)
     student, phase_stats = train_phases(plan, model, tok, teachers, seed, label, opts, checkpoints)
     last_training = plan.recipe.phase_training(plan.recipe.named_phases()[-1][1])
     _, devs = tokenize_task(task, tok, last_training, opts.glue_dir)

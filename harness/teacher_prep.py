@@ -57,7 +57,7 @@ def ensure_teacher(rt: ResolvedTeacher, opts: Options) -> ReadyTeacher:
                     "finetune": settings.model_dump(mode="json"), "deepspeed": DeepSpeedSettings().model_dump()} | \
             key_part("auto", rt.precision)
         ce = TERMS.get("ce")
-        checkpoints = Checkpoints.for_run(folder, opts.checkpoint_every)
+        checkpoints = Checkpoints.for_run(folder, opts.checkpoint_every, opts.study_commit)
         trained, stats, preds, dev = train_and_evaluate(
             model, tok, [], [(ce(ce.Params()), 1.0)], task, settings, DeepSpeedSettings(), settings.seed,
             f"teacher {card.name}", opts.glue_dir, checkpoints)
@@ -145,7 +145,7 @@ def ensure_cofinetuned(plan: RunPlan, opts: Options) -> list[ReadyTeacher]:
         models = [load_classifier(c.pretrained_path(), task) for c in cards]
         toks = [load_tokenizer(c.pretrained_path()) for c in cards]
         data = [tokenize_task(task, tok, settings, opts.glue_dir) for tok in toks]
-        checkpoints = Checkpoints.for_run(js.entries[0][0], opts.checkpoint_every)
+        checkpoints = Checkpoints.for_run(js.entries[0][0], opts.checkpoint_every, opts.study_commit)
         trained, stats = cofinetune(models, [d[0] for d in data], [t.pad_token_id for t in toks],
                                     task.is_regression, settings, settings.seed,
                                     f"co-finetune {' + '.join(names)} on {task.display}", checkpoints.stage(0),

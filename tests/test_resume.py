@@ -129,3 +129,21 @@ def test_cofinetuning_resumes_bitwise(tmp_path, monkeypatch):
     assert [h["loss"] for h in resumed_stats["loss_history"]] == [h["loss"] for h in clean_stats["loss_history"]]
     for a, b in zip(clean, resumed):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_study_does_not_resume_another_commits_checkpoint(tmp_path, capsys):
+    """Checkpoints name the commit that wrote them: a plain run resumes one of another commit (and says
+    so), a study, whose records claim one commit, trains the stage again."""
+    import json
+
+    from harness.resume import LATEST, StageCheckpoint
+
+    folder = tmp_path / "stage0"
+    folder.mkdir()
+    (folder / LATEST).write_text(json.dumps({"tag": "step200", "done": False, "step": 200, "commit": "aaa"}))
+    assert StageCheckpoint(folder, 200, "aaa", strict=True).latest()["step"] == 200  # its own commit
+    assert StageCheckpoint(folder, 200, "bbb", strict=False).latest()["step"] == 200
+    # (the same folder spelt another way: each folder is reported once per process)
+    assert StageCheckpoint(tmp_path / "stage0" / ".." / "stage0", 200, "bbb", strict=True).latest() is None
+    out = capsys.readouterr().out
+    assert "written by commit aaa" in out and "resuming it anyway" in out and "training the stage from the start" in out
