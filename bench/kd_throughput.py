@@ -43,7 +43,8 @@ from harness.losses import TERMS
 from harness.models import keep_layers, load_classifier, load_tokenizer
 from harness.recipe_parts import DeepSpeedSettings, Training
 from harness.engine import init_distributed
-from harness.tasks import get_task, load_split, resolve_glue_dir
+from harness.tasks import get_task
+from harness.glue_files import load_split, resolve_glue_dir
 from harness.precision import cpu_has_native_bf16
 from harness.records import git_state
 from harness.teachers import find_card, load_card

@@ -60,7 +60,7 @@ def cmd_run(args) -> int:
         return subprocess.run(cmd).returncode
     from harness import engine, runner
     from harness.options import Options
-    from harness.tasks import resolve_glue_dir
+    from harness.glue_files import resolve_glue_dir
 
     opts = Options(results_dir=args.results_dir, glue_dir=resolve_glue_dir(args.glue_dir),
                    teachers_dir=args.teachers_dir, force=args.force, teacher_cache=not args.no_teacher_cache,

@@ -44,7 +44,7 @@ def verify_cache() -> int:
 def cmd_study(args) -> int:
     from harness import study_cmd
     from harness.study import load_study
-    from harness.tasks import resolve_glue_dir
+    from harness.glue_files import resolve_glue_dir
 
     sp = load_study(args.study, args.teachers_dir)
     glue_dir = resolve_glue_dir(args.glue_dir)
@@ -79,7 +79,7 @@ def cmd_retime(args) -> int:
 
 def cmd_export(args) -> int:
     from harness.export import check_lines, export
-    from harness.tasks import resolve_glue_dir
+    from harness.glue_files import resolve_glue_dir
 
     glue_dir = resolve_glue_dir(args.glue_dir) if not args.no_check or args.onnx else None
     e = export(args.run_dir, args.out, args.seed, args.onnx, not args.no_check, glue_dir, args.teachers_dir)
@@ -94,7 +94,7 @@ def cmd_export(args) -> int:
 
 def cmd_submit(args) -> int:
     from harness.submit import build
-    from harness.tasks import resolve_glue_dir
+    from harness.glue_files import resolve_glue_dir
 
     lines = build(args.target, args.out, resolve_glue_dir(args.glue_dir), args.row, args.results_dir)
     for ln in lines:

@@ -14,7 +14,8 @@ from harness.engine import rank0_first
 from harness.integrity import intact, locked, write_manifest
 from harness.paths import cache_dir
 from harness.recipe_parts import Corpus, Training
-from harness.tasks import TASKS, Task, get_task, load_split
+from harness.tasks import TASKS, Task, get_task
+from harness.glue_files import load_split
 
 # The training cap draws its sample with a fixed seed, independent of the run's seed, so that a teacher
 # and every student trained with the same cap see the same examples (otherwise seed variance and

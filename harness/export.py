@@ -30,7 +30,8 @@ from harness.model_card import card_text
 from harness.records import read_record
 from harness.run_record import RunRecord
 from harness.schema import ConfigError
-from harness.tasks import GlueDataError, Task, get_task, load_split
+from harness.tasks import GlueDataError, Task, get_task
+from harness.glue_files import load_split
 
 # Readable class names, those of the Hub's nyu-mll/glue ClassLabels (same class ids as the harness);
 # the other classification tasks' label strings (entailment, ...) are readable as they are.

@@ -24,7 +24,7 @@ from harness.resume import Checkpoints
 from harness.records import env_info, git_state, read_record, record_commit, same_data, twin_record, write_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
-from harness.tasks import data_id
+from harness.glue_files import data_id
 from harness.teacher_prep import ReadyTeacher, ensure_cofinetuned, ensure_teacher, untrained_teacher
 
 

@@ -87,7 +87,8 @@ def dev_lengths(sp: StudyPlan, glue_dir: Path | None, max_length: int = 128) -> 
     """Each task's dev token lengths (truncated at ``max_length``), through the tokenizer of the first
     cell's student card: the distribution the 'dev' speed rows draw their batches from."""
     from harness.models import load_tokenizer
-    from harness.tasks import get_task, load_split
+    from harness.tasks import get_task
+    from harness.glue_files import load_split
 
     card = next(c.plan.student_card for c in sp.cells if c.plan.student_card is not None)
     tok = load_tokenizer(card.pretrained_path())

@@ -19,7 +19,8 @@ from harness.records import git_state, load_records, record_commit, twin_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
 from harness.study import StudyPlan
-from harness.tasks import data_id, get_task, train_rows
+from harness.tasks import get_task
+from harness.glue_files import data_id, train_rows
 from harness.teacher_prep import joint_spec
 
 

@@ -27,7 +27,8 @@ from harness.records import load_records
 from harness.run_record import RunRecord
 from harness.schema import ConfigError
 from harness.study import row_name
-from harness.tasks import GlueDataError, get_task, load_test
+from harness.tasks import GlueDataError, get_task
+from harness.glue_files import load_test
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from harness.resume import Checkpoints
 from harness.records import env_info, read_record, same_data, write_record
 from harness.resolved import ResolvedTeacher, RunPlan
 from harness.run_record import RunRecord, Speed
-from harness.tasks import Task, data_id, get_task
+from harness.tasks import Task, get_task
+from harness.glue_files import data_id
 from harness.teachers import Card
 
 

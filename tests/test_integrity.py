@@ -91,7 +91,8 @@ def test_full_disk_and_ctrl_c_end_with_one_message(monkeypatch, capsys, error, c
     ("sentence\tlabel\nfine\t1\ncut off\n", r"dev.tsv, line 3: expected 2 tab-separated columns, found 1"),
 ])
 def test_bad_glue_file_names_file_and_line(tmp_path, text, says):
-    from harness.tasks import GlueDataError, load_split
+    from harness.tasks import GlueDataError
+    from harness.glue_files import load_split
 
     (tmp_path / "SST-2").mkdir()
     (tmp_path / "SST-2" / "dev.tsv").write_text(text)

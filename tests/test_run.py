@@ -182,7 +182,7 @@ def test_a_run_on_other_task_files_retrains_teacher_and_student(tmp_path, tiny_c
     other SST-2 files (a subsample, a full set), the harness trains both again and records the data."""
     import shutil
 
-    from harness.tasks import data_id
+    from harness.glue_files import data_id
 
     other = tmp_path / "glue"
     shutil.copytree(FIXTURE_GLUE, other)

@@ -1,4 +1,4 @@
-"""harness.tasks: task registry and the GLUE TSV loader.
+"""harness.tasks and harness.glue_files: the task registry and the GLUE TSV loader.
 
 Fixtures in tests/fixtures/glue mimic the official files, including what the shared offline copy
 lacks (filled MNLI ids/parses, annotator labels, QQP ids) and the awkward parts (BOM, no header,
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness.registry import UnknownName
-from harness.tasks import TASKS, GlueDataError, Task, from_hub_layout, get_task, load_split, resolve_glue_dir
+from harness.tasks import TASKS, GlueDataError, Task, get_task
+from harness.glue_files import from_hub_layout, load_split, resolve_glue_dir
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 
@@ -102,7 +103,7 @@ def test_mnli_train_twelve_columns():
 
 
 def test_mnli_dev_drops_no_consensus_rows(caplog):
-    with caplog.at_level(logging.INFO, logger="harness.tasks"):
+    with caplog.at_level(logging.INFO, logger="harness.glue_files"):
         ds = load_split("mnli", "dev_matched", FIXTURES)
     assert ds["idx"] == [0, 1, 3]  # row 2 (gold_label "-") dropped; idx still points into the file
     assert ds["label"] == [1, 2, 0]

@@ -10,7 +10,7 @@ import torch
 from conftest import REAL_GLUE, REPO, harness_cli, needs_glue
 from harness.data import corpus_cap, corpus_dataset, corpus_lines, corpus_tasks
 from harness.recipe_parts import Corpus, Phase, Training
-from harness.tasks import load_split
+from harness.glue_files import load_split
 
 GLUE_TASKS = {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
 
