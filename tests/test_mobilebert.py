@@ -312,7 +312,7 @@ def test_progressive_blocks_continue_one_batch_stream(tmp_path, tiny_card, monke
     """Block b's stage takes the batches after block b-1's, as joint's single layer-wise phase would,
     not the first batches of epoch 0 again (which left half the data unseen at epochs: 0.5 per block);
     the final phase starts its own stream."""
-    from harness import distill, phases
+    from harness import phases, stage_loop
     from harness.data import length_grouped_batches
     from harness.distill import Teacher
     from harness.engine import init_distributed
@@ -326,13 +326,13 @@ def test_progressive_blocks_continue_one_batch_stream(tmp_path, tiny_card, monke
     plan = load(_recipe(tmp_path, TINY_STUDENT, str(tiny_card), extra))
     model, tok, label = build_student(plan.recipe.student, plan.student_card, plan.task, seed=0)
     teacher = Teacher(load_classifier(plan.teachers[0].card.pretrained_path(), plan.task), 1.0)
-    seen, real_loader = [], distill.loader
+    seen, real_loader = [], stage_loop.loader
 
     def recording_loader(micro, ds, *args, **kwargs):
         seen.append(([m.tolist() for m in micro], np.asarray(ds["length"])))
         return real_loader(micro, ds, *args, **kwargs)
 
-    monkeypatch.setattr(distill, "loader", recording_loader)
+    monkeypatch.setattr(stage_loop, "loader", recording_loader)
     opts = Options(results_dir=tmp_path / "results", glue_dir=FIXTURE_GLUE, teacher_cache=False)
     phases.train_phases(plan, model, tok, [teacher], 0, label, opts)
     stream = [b.tolist() for b in length_grouped_batches(seen[0][1], 2, 0, 0)]  # seed 0, epoch 0
