@@ -272,22 +272,32 @@ def test_progressive_scale_covers_every_mobilebert_weight():
     assert progressive_scale(0, Progressive(lower="freeze"))("mobilebert.embeddings.word_embeddings.weight") == 0.0
 
 
-def test_progressive_phase_trains_one_block_at_a_time(tmp_path, tiny_card, monkeypatch):
-    """Each stage of the progressive phase changes its own block only (and the embeddings with block 0),
-    with one shared W_h for the narrower feature maps; the final phase trains everything."""
-    from harness import phases
+def _progressive_setup(tmp_path, tiny_card, objective: str, max_steps: int):
+    """A 2-block MobileBERT student, its tiny teacher and a progressive phase (``objective``) then KD, on
+    the fixture's SST-2: (plan, model, tokenizer, label, teacher, options) for ``train_phases``."""
     from harness.distill import Teacher
     from harness.engine import init_distributed
     from harness.options import Options
 
     init_distributed()
-    extra = ("phases:\n  - {name: progressive, progressive: {lower: freeze}, objective: [{term: hidden_mse},\n"
-             "     {term: attention_kl_grouped}]}\n  - {name: final, objective: [{term: hinton_kd}]}\n"
-             "training: {max_steps: 2, batch_size: 2, lr: 1.0e-2, warmup_ratio: 0.0, max_length: 16, log_every: 1}\n"
-             "deepspeed: {precision: fp32}\n")
+    extra = (f"phases:\n  - {{name: progressive, progressive: {{lower: freeze}}, objective: {objective}}}\n"
+             "  - {name: final, objective: [{term: hinton_kd}]}\n"
+             f"training: {{max_steps: {max_steps}, batch_size: 2, lr: 1.0e-2, warmup_ratio: 0.0, max_length: 16, "
+             "log_every: 1}\ndeepspeed: {precision: fp32}\n")
     plan = load(_recipe(tmp_path, TINY_STUDENT, str(tiny_card), extra))
     model, tok, label = build_student(plan.recipe.student, plan.student_card, plan.task, seed=0)
     teacher = Teacher(load_classifier(plan.teachers[0].card.pretrained_path(), plan.task), 1.0)
+    opts = Options(results_dir=tmp_path / "results", glue_dir=FIXTURE_GLUE, teacher_cache=False)
+    return plan, model, tok, label, teacher, opts
+
+
+def test_progressive_phase_trains_one_block_at_a_time(tmp_path, tiny_card, monkeypatch):
+    """Each stage of the progressive phase changes its own block only (and the embeddings with block 0),
+    with one shared W_h for the narrower feature maps; the final phase trains everything."""
+    from harness import phases
+
+    plan, model, tok, label, teacher, opts = _progressive_setup(
+        tmp_path, tiny_card, "[{term: hidden_mse},\n     {term: attention_kl_grouped}]", max_steps=2)
     changed, projections, real_stage = [], [], phases.train_stage
 
     def recording_stage(student, teachers, terms, *args, **kwargs):
@@ -300,7 +310,6 @@ def test_progressive_phase_trains_one_block_at_a_time(tmp_path, tiny_card, monke
         return engine, stats
 
     monkeypatch.setattr(phases, "train_stage", recording_stage)
-    opts = Options(results_dir=tmp_path / "results", glue_dir=FIXTURE_GLUE, teacher_cache=False)
     _, stats = phases.train_phases(plan, model, tok, [teacher], 0, label, opts)
     assert [(s["phase"], s["block"]) for s in stats] == [("progressive", 0), ("progressive", 1), ("final", None)]
     assert changed[0] == {"embeddings", "block0"} and changed[1] == {"block1"}
@@ -314,18 +323,8 @@ def test_progressive_blocks_continue_one_batch_stream(tmp_path, tiny_card, monke
     the final phase starts its own stream."""
     from harness import phases, stage_loop
     from harness.data import length_grouped_batches
-    from harness.distill import Teacher
-    from harness.engine import init_distributed
-    from harness.options import Options
 
-    init_distributed()
-    extra = ("phases:\n  - {name: progressive, progressive: {lower: freeze}, objective: [{term: hidden_mse}]}\n"
-             "  - {name: final, objective: [{term: hinton_kd}]}\n"
-             "training: {max_steps: 1, batch_size: 2, lr: 1.0e-2, warmup_ratio: 0.0, max_length: 16, log_every: 1}\n"
-             "deepspeed: {precision: fp32}\n")
-    plan = load(_recipe(tmp_path, TINY_STUDENT, str(tiny_card), extra))
-    model, tok, label = build_student(plan.recipe.student, plan.student_card, plan.task, seed=0)
-    teacher = Teacher(load_classifier(plan.teachers[0].card.pretrained_path(), plan.task), 1.0)
+    plan, model, tok, label, teacher, opts = _progressive_setup(tmp_path, tiny_card, "[{term: hidden_mse}]", max_steps=1)
     seen, real_loader = [], stage_loop.loader
 
     def recording_loader(micro, ds, *args, **kwargs):
@@ -333,7 +332,6 @@ def test_progressive_blocks_continue_one_batch_stream(tmp_path, tiny_card, monke
         return real_loader(micro, ds, *args, **kwargs)
 
     monkeypatch.setattr(stage_loop, "loader", recording_loader)
-    opts = Options(results_dir=tmp_path / "results", glue_dir=FIXTURE_GLUE, teacher_cache=False)
     phases.train_phases(plan, model, tok, [teacher], 0, label, opts)
     stream = [b.tolist() for b in length_grouped_batches(seen[0][1], 2, 0, 0)]  # seed 0, epoch 0
     assert len(stream) == 2  # the fixture's 3 SST-2 rows in batches of 2
