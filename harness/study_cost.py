@@ -112,13 +112,22 @@ def cell_cost(plan: RunPlan, seeds: list[int], speeds: Speeds, glue_dir: Path | 
 
 def _cached_here(folder: Path) -> bool:
     """Whether a study run would reuse a cached model: it is there, trained at this commit."""
-    record = folder / "record"
-    return (record / "metrics.json").exists() and record_commit(record) == git_state(REPO_ROOT)[0]
+    return _recorded(folder / "record", git_state(REPO_ROOT)[0])
 
 
 def _recorded(folder: Path, commit: str | None) -> bool:
     """A study's record that a run would keep: there, and of this commit (when there is one)."""
     return (folder / "metrics.json").exists() and (commit is None or record_commit(folder) == commit)
+
+
+def _cell_status(left: list[int], twins: list[int], cost: Cost) -> str:
+    """'done', the time the seeds left to train take, and how many seeds another study's records give."""
+    parts = []
+    if left:
+        parts.append(_duration(cost.seconds) if cost.seconds is not None else "not measured")
+    if twins:
+        parts.append(f"{len(twins)} seed{'s' * (len(twins) > 1)} to copy from another study")
+    return "; ".join(parts) or "done"
 
 
 def _duration(s: float) -> str:
@@ -143,12 +152,8 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
         todo_ex += cost.examples
         todo_s += cost.seconds or 0.0
         missing |= set(cost.unmeasured)
-        when = "done" if not left and not twins else "" if not left else \
-            _duration(cost.seconds) if cost.seconds is not None else "not measured"
-        if twins:
-            when += f"{'; ' * bool(when)}{len(twins)} seed{'s' * (len(twins) > 1)} to copy from another study"
         lines.append(f"  {cell.row:48s} {get_task(cell.task).display:7s} {done}/{len(seeds)} seeds  "
-                     f"{cost.examples:>10,} ex  {when}")
+                     f"{cost.examples:>10,} ex  {_cell_status(left, twins, cost)}")
     lines += ["", f"left to train: {todo_ex:,} examples, about {_duration(todo_s)} at the examples/s measured "
                   f"in this harness's records" + (f"; never measured here (not in the estimate): "
                                                   f"{', '.join(sorted(missing))}" if missing else "")]
