@@ -1,10 +1,11 @@
 """A study's records, checked (:mod:`harness.study_rules`), turned into a :class:`StudyTable`.
 
 Per cell: the kept seeds' scores (mean ± std, n), collapsed seeds flagged, retention against the
-study's teacher instance.  Per row against the baseline row: the paired difference on each task with a
-95 % interval and a p-value (:mod:`harness.study_stats_core`), Holm-corrected across the table.  Per
-task: the best student cell is marked "best" only when it beats the runner-up significantly (Holm
-across the tasks' tests), else both are marked "tie".  Collapsed seeds take part in neither.
+study's teacher instance.  Per row against the baseline row: the paired difference on each task over
+the seeds clean in both, with a 95 % interval and a p-value (:mod:`harness.study_stats_core`),
+Holm-corrected across the table.  Per task: the best student cell by the mean of its clean seeds is
+marked "best" only when it beats the runner-up significantly (Holm across the tasks' tests), else both
+are marked "tie".  Collapsed seeds take part in neither; one clean seed pair gets no p value.
 """
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from harness.archspeed import model_latency_ms
 from harness.records import read_predictions
 from harness.study import StudyPlan
 from harness.study_rules import Rec, Rules, budget, read_study_records
-from harness.study_stats_core import collapse, holm, paired_comparison
-from harness.study_table import Cell, Exclusion, Row, StudyTable
+from harness.study_stats_core import collapse, holm_family, paired_comparison
+from harness.study_table import ALPHA, Cell, Diff, Exclusion, Row, StudyTable
 from harness.tasks import get_task
 
-ALPHA = 0.05
+BOOT = 2000  # bootstrap replicates of a test, before boot_size raises them for a family's small p values
+MIN_CLAIM_PAIRS = 2  # a p value needs seed-to-seed variation: one clean seed pair gets a difference, no test
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -96,39 +98,37 @@ class _Builder:
                 out.setdefault((c.row, c.task), []).append(ex)
         return out
 
+    def _test(self, row: str, other: str, task: str, n_boot: int = BOOT) -> Diff | None:
+        """Row minus other row on a task, over the seeds clean in both; no p under MIN_CLAIM_PAIRS pairs."""
+        d = paired_comparison(get_task(task), self.clean(row, task), self.clean(other, task), n_boot=n_boot)
+        return dataclasses.replace(d, p=float("nan")) if d is not None and d.n_pairs < MIN_CLAIM_PAIRS else d
+
+    def _family(self, pairs: list[tuple[str, str, str]]) -> list[Diff | None]:
+        """The tests of (row, other row, task) pairs, Holm-corrected as one family."""
+        return holm_family(self._test, pairs, ALPHA, BOOT)
+
     def _compare_with_baseline(self) -> None:
-        base, diffs = self.sp.study.baseline, []
-        for (row, task), cell in self.cells.items():
-            if row == base or (base, task) not in self.cells:
-                continue
-            d = paired_comparison(get_task(task), self.clean(row, task), self.clean(base, task))
+        base = self.sp.study.baseline
+        keys = [(row, task) for row, task in self.cells if row != base and (base, task) in self.cells]
+        for (row, task), d in zip(keys, self._family([(row, base, task) for row, task in keys])):
             if d is not None:
-                diffs.append(((row, task), d))
-        adjusted = holm([d.p for _, d in diffs])
-        for ((row, task), d), p in zip(diffs, adjusted):
-            self.cells[(row, task)] = dataclasses.replace(self.cells[(row, task)],
-                                                          vs_baseline=dataclasses.replace(d, p_holm=float(p)))
+                self._set(row, task, vs_baseline=d)
 
     def _mark_best(self) -> None:
-        tests = []
+        contests = []
         for task in self.sp.study.tasks:
-            ranked = sorted(((float(np.mean([r.record.score for r in self.rules.cells[(row, task)]
-                                              if r.record.seed in self.clean(row, task)])), row)
-                             for row in self.sp.rows if self.clean(row, task)), reverse=True)
-            if len(ranked) < 2:
-                continue
-            (_, best), (_, second) = ranked[0], ranked[1]
-            d = paired_comparison(get_task(task), self.clean(best, task), self.clean(second, task))
-            tests.append((task, best, second, d))
-        adjusted = holm([d.p if d is not None else float("nan") for *_, d in tests])
-        for (task, best, second, d), p in zip(tests, adjusted):
-            won = d is not None and d.mean > 0 and p < ALPHA
-            self._mark(best, task, "best" if won else "tie")
+            cells = [(self.cells[(row, task)].clean_mean, row) for row in self.sp.rows if (row, task) in self.cells]
+            ranked = sorted(((mean, row) for mean, row in cells if mean is not None), reverse=True)
+            if len(ranked) >= 2:
+                contests.append((ranked[0][1], ranked[1][1], task))
+        for (best, second, task), d in zip(contests, self._family(contests)):
+            won = d is not None and d.mean > 0 and d.p_holm is not None and d.p_holm < ALPHA
+            self._set(best, task, mark="best" if won else "tie", mark_test=d, mark_vs=second)
             if not won:
-                self._mark(second, task, "tie")
+                self._set(second, task, mark="tie")
 
-    def _mark(self, row: str, task: str, mark: str) -> None:
-        self.cells[(row, task)] = dataclasses.replace(self.cells[(row, task)], mark=mark)
+    def _set(self, row: str, task: str, **fields) -> None:
+        self.cells[(row, task)] = dataclasses.replace(self.cells[(row, task)], **fields)
 
     def _teacher_rows(self) -> dict[tuple[str, tuple[str, ...]], list[Rec]]:
         out: dict = {}
@@ -153,6 +153,9 @@ class _Builder:
                          f"left out: {', '.join(self.rules.stray)}")
         other = [e for f, e in self.rules.excluded.items() if not any(e in c.excluded for c in self.cells.values())]
         notes += [f"left out: {e.record}: {e.reason}" for e in other]
+        base = self.sp.study.baseline
+        notes += [f"{get_task(task).display}: no Δ against the baseline, whose every seed collapsed"
+                  for (row, task), c in self.cells.items() if row == base and c.scores and c.clean_mean is None]
         if self.speed is None:
             notes.append("latency: not measured yet (`python -m harness study speed STUDY`)")
         return notes

@@ -7,81 +7,22 @@ decimal; the CSV keeps the exact fractions, one line per (row, task) cell, so no
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from harness.metrics import headline_name
 from harness.study_plot import tasks_with_scores, write_pareto
-from harness.study_table import Cell, Diff, Exclusion, Row, StudyTable
+from harness.study_style import LATEX, MARKDOWN, METHODS, Style, diff_text, latex_escape, number
+from harness.study_table import ALPHA, Cell, Diff, Exclusion, Row, StudyTable
 from harness.tasks import get_task
 
-# Diff.method -> (tag in a cell when a table mixes methods, what its interval is)
-METHODS = {"bootstrap": ("boot", "paired bootstrap over dev examples and seeds"),
-           "t": ("t", "t interval over seeds, paired by seed (n of at least 5)")}
 MARKS = (None, "best", "tie")
 CSV_COLUMNS = ["row", "kind", "model", "baseline", "params", "latency_ms", "budget", "cell_budget", "task", "n",
-               "seeds", "scores", "mean", "std", "retention", "flags", "flagged_share", "n_pairs", "diff_mean",
-               "diff_low", "diff_high", "p", "p_holm", "method", "mark", "excluded", "excluded_reasons",
+               "seeds", "scores", "mean", "std", "retention", "flags", "flagged_share", "clean_mean", "n_pairs",
+               "diff_mean", "diff_low", "diff_high", "p", "p_holm", "method", "n_boot", "mark", "mark_vs",
+               "mark_p_holm", "excluded", "excluded_reasons",
                "commit", "dirty"]
-
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "%": r"\%", "&": r"\&",
-                   "#": r"\#", "$": r"\$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                   # pdflatex's utf8 input knows none of these symbols: math mode does
-                   "±": r"$\pm$", "≈": r"$\approx$", "Δ": r"$\Delta$", "−": r"$-$", "→": r"$\rightarrow$",
-                   "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", "†": r"$\dagger$", "‡": r"$\ddagger$"}
-# one pass, so the braces that an escape adds are not escaped again; "--" would print as a dash
-_LATEX_RE = re.compile("|".join(map(re.escape, _LATEX_SPECIALS)) + "|-(?=-)")
-
-
-def latex_escape(text: str) -> str:
-    """``text`` as LaTeX prints it literally: its specials escaped, a few Unicode symbols in math mode."""
-    return _LATEX_RE.sub(lambda m: _LATEX_SPECIALS[m.group()] if m.group() != "-" else "-{}", text)
-
-
-@dataclass(frozen=True)
-class Style:
-    """How one output writes a cell's symbols: Markdown in Unicode, LaTeX with its own commands."""
-
-    text: Callable[[str], str]  # free text (row keys, reasons, notes), escaped
-    math: Callable[[str], str]  # a number or formula such as "p<0.001" or "-0.3"
-    pm: str
-    tie: str
-    bold: Callable[[str], str]
-    marks: Callable[[str], str]  # the † and ‡ marks after a cell's head
-    dagger: str
-    ddagger: str
-    delta: str
-    percent: str
-    dash: str  # a figure the row does not have
-    stack: Callable[[list[str]], str]  # a cell's parts: one line in Markdown, stacked in LaTeX
-
-
-def latex_stack(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else r"\begin{tabular}[t]{@{}c@{}}" + r" \\ ".join(parts) + r"\end{tabular}"
-
-
-# Markdown escapes "|", which would end the cell, and "*", which could fake the bold of a best cell
-MARKDOWN = Style(lambda s: s.replace("|", r"\|").replace("*", r"\*"), lambda s: s.replace("-", "−"), " ± ", "≈ ",
-                 lambda s: f"**{s}**", lambda s: s, "†", "‡", "Δ", " %", "—", "; ".join)
-LATEX = Style(latex_escape, lambda s: f"${s}$", r" $\pm$ ", r"$\approx$\,", lambda s: rf"\textbf{{{s}}}",
-              lambda s: f"$^{{{s}}}$", r"\dagger", r"\ddagger", r"$\Delta$", r"\,\%", "--", latex_stack)
-
-
-def p_text(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
-
-
-def diff_text(d: Diff, style: Style, tag_method: bool) -> str:
-    if d.method not in METHODS:
-        raise ValueError(f"Diff.method {d.method!r} is none of {sorted(METHODS)}")
-    p = p_text(d.p_holm) if d.p_holm is not None else p_text(d.p) + " uncorrected"
-    tag = f" ({METHODS[d.method][0]})" if tag_method else ""
-    mean, low, high = (style.math(f"{100 * x:+.1f}") for x in (d.mean, d.low, d.high))
-    return f"{style.delta} {mean} [{low}, {high}] {style.math(p)}{tag}"
-
 
 def numbered_exclusions(table: StudyTable) -> list[tuple[int, Row, str, Exclusion]]:
     """Every excluded record with the number of its footnote mark, in table order."""
@@ -93,15 +34,17 @@ def numbered_exclusions(table: StudyTable) -> list[tuple[int, Row, str, Exclusio
 def cell_text(cell: Cell, row: Row, marks: list[int], style: Style, dirty: bool, tag_method: bool) -> str:
     if cell.mark not in MARKS:
         raise ValueError(f"Cell.mark {cell.mark!r} is none of {MARKS}")
-    head = style.dash if cell.mean is None else f"{100 * cell.mean:.1f}" + (
+    head = style.dash if cell.mean is None else number(cell.mean, style) + (
         f"{style.pm}{100 * cell.std:.1f}" if cell.std is not None else "")
     head = style.bold(head) if cell.mark == "best" else style.tie + head if cell.mark == "tie" else head
     symbols = style.dagger * len(cell.flags) + "".join(f"{style.ddagger}{i}" for i in marks)
     parts = [f"{head} (n={cell.n})" + (style.marks(symbols) if symbols else "")]
+    if cell.flags and cell.clean_mean is not None:  # what "best" and the tests compare
+        parts.append(f"without {style.marks(style.dagger)}: {number(cell.clean_mean, style)} (n={len(cell.clean_scores)})")
     if cell.retention is not None:
         parts.append(f"ret {cell.retention:.1f}{style.percent}")
     if cell.vs_baseline is not None:
-        parts.append(diff_text(cell.vs_baseline, style, tag_method))
+        parts.append(diff_text(cell.vs_baseline, style, tag_method, cell.n))
     if cell.budget and cell.budget != row.budget:  # the row's Budget column holds the usual one
         parts.append(style.text(cell.budget))
     if dirty:
@@ -119,7 +62,7 @@ def row_texts(row: Row, table: StudyTable, style: Style, marks: dict[tuple[str, 
     cells = [cell_text(row.cells[t], row, marks[row.key, t], style, table.dirty, tag_method)
              if t in row.cells else "" for t in table.tasks]
     k = len(tasks_with_scores(row, table.tasks))
-    avg = style.dash if row.avg is None else f"{100 * row.avg:.1f}" + (
+    avg = style.dash if row.avg is None else number(row.avg, style) + (
         f" ({k} of {len(table.tasks)})" if k < len(table.tasks) else "")  # an avg over fewer tasks is not comparable
     return [style.text(row.key) + (" (baseline)" if row.baseline else ""), style.text(row.model),
             style.dash if row.params is None else f"{row.params / 1e6:.1f}",
@@ -147,12 +90,18 @@ def symbol_notes(table: StudyTable, style: Style) -> list[str]:
         base = [r.key for r in table.rows if r.baseline]
         how = "; ".join(f"{METHODS[m][0]}: {METHODS[m][1]}" for m in sorted({d.method for d in diffs}))
         out.append(f"{style.delta}: the row minus the baseline ({t(', '.join(base) or 'none marked')}) x 100, "
-                   f"paired by seed, with its 95{style.percent} interval ({t(how)}). p: two-sided, Holm-corrected "
-                   "across every comparison of the table (a p that says 'uncorrected' is not).")
-    if any(c.mark == "best" for _, _, c in cells):
-        out.append(f"{style.bold('Bold')}: best on the task, significantly better than the runner-up.")
-    if any(c.mark == "tie" for _, _, c in cells):
-        out.append(f"{style.tie.strip()}: best on the task, not significantly better than the runner-up (not bold).")
+                   f"paired by seed over the seeds not collapsed in either row, with its 95{style.percent} interval "
+                   f"({t(how)}). p: two-sided, Holm-corrected across the table's comparisons with the baseline "
+                   "(a p that says 'uncorrected' is not); one clean seed pair gets no test.")
+    contests = [(get_task(task).display, r.key, c) for r, task, c in cells if c.mark_vs is not None]
+    if contests:
+        out.append(f"{style.bold('Bold')}: best on the task by the mean of its clean seeds, and better than the "
+                   f"runner-up at a Holm-corrected p below {ALPHA} (paired as {style.delta} is, Holm across the "
+                   f"tasks' best-against-runner-up tests); {style.tie.strip()}: the best and the runner-up where "
+                   "it is not. Per task: " + "; ".join(
+                       f"{t(task)}: {t(best)} against {t(c.mark_vs)}, " + (
+                           diff_text(c.mark_test, style, False, c.n) if c.mark_test else "no clean seed in common")
+                       for task, best, c in contests) + ".")
     flagged = [f"{t(get_task(task).display)}, {t(r.key)}: seed {f.seed} {t(f.kind)} {f.share:.2f}"
                for r, task, c in cells for f in c.flags]
     if flagged:
@@ -213,8 +162,8 @@ def latex_document(table_tex: str) -> str:
 
 
 def diff_fields(d: Diff | None) -> dict[str, object]:
-    values = (None,) * 7 if d is None else (d.n_pairs, d.mean, d.low, d.high, d.p, d.p_holm, d.method)
-    return dict(zip(["n_pairs", "diff_mean", "diff_low", "diff_high", "p", "p_holm", "method"], values))
+    values = (None,) * 8 if d is None else (d.n_pairs, d.mean, d.low, d.high, d.p, d.p_holm, d.method, d.n_boot)
+    return dict(zip(["n_pairs", "diff_mean", "diff_low", "diff_high", "p", "p_holm", "method", "n_boot"], values))
 
 
 def csv_frame(table: StudyTable) -> pd.DataFrame:
@@ -230,12 +179,13 @@ def csv_frame(table: StudyTable) -> pd.DataFrame:
                 "seeds": ";".join(map(str, c.seeds)), "scores": ";".join(map(repr, c.scores)), "mean": c.mean,
                 "std": c.std, "retention": c.retention,
                 "flags": "; ".join(f"seed {f.seed}: {f.kind} {f.share!r}" for f in c.flags),
-                "flagged_share": max((f.share for f in c.flags), default=None), **diff_fields(c.vs_baseline),
-                "mark": c.mark, "excluded": len(c.excluded),
+                "flagged_share": max((f.share for f in c.flags), default=None), "clean_mean": c.clean_mean,
+                **diff_fields(c.vs_baseline), "mark": c.mark, "mark_vs": c.mark_vs,
+                "mark_p_holm": c.mark_test.p_holm if c.mark_test else None, "excluded": len(c.excluded),
                 "excluded_reasons": "; ".join(f"seed {e.seed} ({e.record}): {e.reason}" for e in c.excluded),
                 "commit": table.commit, "dirty": table.dirty})
     # Int64: a count that some lines lack stays a count, not 2.0
-    return pd.DataFrame(lines, columns=CSV_COLUMNS).astype({"params": "Int64", "n_pairs": "Int64"})
+    return pd.DataFrame(lines, columns=CSV_COLUMNS).astype({"params": "Int64", "n_pairs": "Int64", "n_boot": "Int64"})
 
 
 def write_study_outputs(table: StudyTable, folder: Path) -> list[Path]:

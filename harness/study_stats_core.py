@@ -1,15 +1,13 @@
 """The statistics behind a study's table: collapse flags, paired row-vs-baseline tests, Holm correction.
 
-* ``headline_batch``: the GLUE headline (``harness.metrics``) for many resampled copies of a dev split at
-  once, as numpy array operations: accuracy, binary F1, Matthews' correlation in Gorodkin's (2004)
-  multiclass form (what scikit-learn computes), Pearson's r, and Spearman's rho as Pearson's r on
-  average ranks.
+* ``collapse``: a seed whose predictions are one class, or flat.
 * ``paired_comparison``: a row against the baseline, paired by seed.  With five or more pairs, Student's
   paired t test and t interval over per-seed differences; with fewer, a paired nonparametric bootstrap
   (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", percentile interval, ch. 13) that
   resamples seeds and dev examples, the example resample shared by both systems (Koehn 2004, "Statistical
-  significance tests for machine translation evaluation"), with the add-one Monte Carlo p value of Davison &
-  Hinkley (1997, "Bootstrap Methods and their Application", ch. 4).
+  significance tests for machine translation evaluation").  Its p value inverts the percentile interval:
+  twice the add-one share of replicates on the far side of zero (two-sided; at least 2 / (n_boot + 1),
+  so ``boot_size`` sizes n_boot to the number of tests a table corrects for).
 * ``holm``: Holm's (1979) step-down adjusted p values, "A simple sequentially rejective multiple test
   procedure".
 
@@ -18,11 +16,13 @@ NaN in scipy) propagates: a comparison involving one is NaN throughout, which ``
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
+from harness.batch_metrics import headline_batch
 from harness.metrics import compute_metrics, task_headline
 from harness.study_table import Diff, Flag
 from harness.tasks import Task
@@ -36,73 +36,6 @@ MIN_T_PAIRS = 5  # from this many seed pairs on, the seeds alone carry the t tes
 # Elements in one (replicates x examples) array: 8 MB as float64.  headline_batch holds about five such
 # arrays at once (Spearman: two rank arrays, two centred copies, a product), so a chunk stays near 40 MB.
 _CHUNK_CELLS = 1_000_000
-
-
-def _accuracy_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return (p == y).mean(axis=1)
-
-
-def _f1_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    # F1 of class 1 is 2TP / (2TP + FP + FN) = 2TP / (#predicted 1 + #labelled 1); sklearn's
-    # zero_division=0 makes it 0 when neither occurs.
-    tp = ((p == 1) & (y == 1)).sum(axis=1)
-    denom = (p == 1).sum(axis=1) + (y == 1).sum(axis=1)
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-
-
-def _mcc_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    # sklearn's multiclass MCC from the confusion matrix's margins.  A class absent from a row adds 0 to
-    # each sum, so looping over the classes of the whole batch (few) gives each row's own value.
-    n = float(p.shape[1])
-    correct = (p == y).sum(axis=1).astype(np.float64)
-    tp_dot = np.zeros(p.shape[0])
-    pp_dot = np.zeros(p.shape[0])
-    tt_dot = np.zeros(p.shape[0])
-    for k in np.union1d(np.unique(p), np.unique(y)):
-        t_k = (y == k).sum(axis=1).astype(np.float64)
-        p_k = (p == k).sum(axis=1).astype(np.float64)
-        tp_dot += t_k * p_k
-        pp_dot += p_k * p_k
-        tt_dot += t_k * t_k
-    cov_pp_tt = (n * n - pp_dot) * (n * n - tt_dot)  # integers below 2**53: the == 0 test is exact
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mcc = (correct * n - tp_dot) / np.sqrt(cov_pp_tt)
-    return np.where(cov_pp_tt == 0, 0.0, mcc)  # sklearn: 0 when either side is constant
-
-
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    # Hand-written because scipy.stats.pearsonr takes no axis before scipy 1.13 (the project allows 1.10)
-    # and would compute a p value per row for nothing.  Constancy is tested as scipy does (every value
-    # equal to the first), and gives NaN as scipy does.
-    constant = (x == x[:, :1]).all(axis=1) | (y == y[:, :1]).all(axis=1)
-    xm = x - x.mean(axis=1, keepdims=True)
-    ym = y - y.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xm * ym).sum(axis=1) / np.sqrt((xm * xm).sum(axis=1) * (ym * ym).sum(axis=1))
-    return np.where(constant, np.nan, np.clip(r, -1.0, 1.0))
-
-
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    # Average ranks for ties, as scipy.stats.spearmanr uses.
-    return _pearson_rows(stats.rankdata(x, axis=1), stats.rankdata(y, axis=1))
-
-
-_BATCH_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "accuracy": _accuracy_rows,
-    "f1": _f1_rows,
-    "matthews_correlation": _mcc_rows,
-    "pearson": _pearson_rows,
-    "spearmanr": _spearman_rows,
-}
-
-
-def headline_batch(task: Task, preds: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The task's headline on one split (mean of its metrics) for each row of (B, n) preds and labels."""
-    dtype = np.float64 if task.is_regression else np.int64  # as harness.metrics casts them
-    p, y = np.asarray(preds, dtype=dtype), np.asarray(labels, dtype=dtype)
-    if p.ndim != 2 or p.shape != y.shape or p.shape[1] == 0:
-        raise ValueError(f"preds and labels must be equal (B, n) arrays with n > 0; got {p.shape}, {y.shape}")
-    return np.mean([_BATCH_METRICS[key](p, y) for key in task.metrics], axis=0)
 
 
 def collapse(task: Task, splits: SeedPredictions, seed: int = -1) -> Flag | None:
@@ -148,10 +81,6 @@ def _observed(task: Task, runs: Mapping[int, SeedPredictions], seeds: list[int])
 
 def _t_diff(a_scores: np.ndarray, b_scores: np.ndarray) -> Diff:
     d = a_scores - b_scores
-    if not d.any():
-        # Identical scores on every seed: t is 0/0 (scipy says NaN).  The systems are indistinguishable
-        # here, which p = 1 says, as the bootstrap path says for identical systems.
-        return Diff(n_pairs=len(d), mean=0.0, low=0.0, high=0.0, p=1.0, method="t")
     p = float(stats.ttest_rel(a_scores, b_scores).pvalue)
     low, high = stats.t.interval(0.95, df=len(d) - 1, loc=d.mean(), scale=stats.sem(d))
     return Diff(n_pairs=len(d), mean=float(d.mean()), low=float(low), high=float(high), p=p, method="t")
@@ -203,7 +132,16 @@ def _bootstrap_diff(task: Task, a: Mapping[int, SeedPredictions], b: Mapping[int
     n = d.size
     p = min(1.0, 2 * min((np.sum(d <= 0) + 1) / (n + 1), (np.sum(d >= 0) + 1) / (n + 1)))
     return Diff(n_pairs=len(seeds), mean=mean, low=float(low), high=float(high), p=float(p),
-                method="bootstrap")
+                method="bootstrap", n_boot=n_boot)
+
+
+def boot_size(tests: int, alpha: float, base: int = 2000) -> int:
+    """Bootstrap replicates that let the smallest of ``tests`` Holm-corrected p values reach alpha / 5.
+
+    A bootstrap p is at least 2 / (n_boot + 1) and Holm multiplies the smallest by the number of tests:
+    with 2000 replicates, 72 tests could never reach 0.05 however large the differences.
+    """
+    return max(base, int(np.ceil(10 * tests / alpha)))
 
 
 def paired_comparison(task: Task, a: Mapping[int, SeedPredictions], b: Mapping[int, SeedPredictions],
@@ -220,7 +158,9 @@ def paired_comparison(task: Task, a: Mapping[int, SeedPredictions], b: Mapping[i
         return None
     _paired_labels(task, a, b, seeds)
     a_scores, b_scores = _observed(task, a, seeds), _observed(task, b, seeds)
-    method = "t" if len(seeds) >= MIN_T_PAIRS else "bootstrap"
+    # The same difference on every seed leaves t without a spread (0/0 or x/0: scipy says NaN or inf);
+    # the bootstrap's dev-example resampling still measures how sure that difference is.
+    method = "t" if len(seeds) >= MIN_T_PAIRS and np.ptp(a_scores - b_scores) > 1e-9 else "bootstrap"
     mean = float(np.mean(a_scores - b_scores))
     if np.isnan(mean):
         # A seed without a defined score (constant STS-B predictor) leaves the difference undefined;
@@ -229,6 +169,20 @@ def paired_comparison(task: Task, a: Mapping[int, SeedPredictions], b: Mapping[i
     if method == "t":
         return _t_diff(a_scores, b_scores)
     return _bootstrap_diff(task, a, b, seeds, mean, n_boot, rng_seed)
+
+
+def holm_family(test: Callable[..., Diff | None], pairs: Sequence[tuple], alpha: float, base: int) -> list[Diff | None]:
+    """``test(*pair, n_boot=...)`` for every pair, Holm-corrected as one family (``Diff.p_holm`` set).
+
+    Every test first runs with ``base`` replicates, which settle p values of alpha and above; a bootstrap
+    test whose p could pass alpha runs again with the replicates the family's size needs (``boot_size``).
+    """
+    diffs = [test(*pair, n_boot=base) for pair in pairs]
+    n_boot = boot_size(sum(d is not None and not np.isnan(d.p) for d in diffs), alpha, base)
+    diffs = [test(*pair, n_boot=n_boot) if d is not None and d.method == "bootstrap" and d.p < 2 * alpha
+             and n_boot > base else d for pair, d in zip(pairs, diffs)]
+    adjusted = holm([np.nan if d is None else d.p for d in diffs])
+    return [None if d is None else dataclasses.replace(d, p_holm=float(p)) for d, p in zip(diffs, adjusted)]
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+ALPHA = 0.05  # the significance level of every claim a study's table makes
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -38,7 +40,8 @@ class Diff:
     high: float
     p: float  # two-sided, before correction
     method: str  # "bootstrap" (dev examples and seeds) or "t" (over seeds, n >= 5)
-    p_holm: float | None = None  # Holm-corrected across every comparison of the table
+    p_holm: float | None = None  # Holm-corrected across the comparisons of its family (see study_build)
+    n_boot: int | None = None  # the bootstrap's replicates (method "bootstrap")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Cell:
     excluded: tuple[Exclusion, ...] = ()
     vs_baseline: Diff | None = None
     mark: str | None = None  # "best": beats the runner-up significantly; "tie": best, but not significantly
+    mark_test: Diff | None = None  # the best cell's test against the runner-up (Holm across the tasks)
+    mark_vs: str | None = None  # the runner-up's row
     budget: str = ""  # what every phase of this cell's runs cost, e.g. "task 4.0k ex x 2 ep"
 
     @property
@@ -65,6 +70,16 @@ class Cell:
     @property
     def std(self) -> float | None:
         return statistics.stdev(self.scores) if len(self.scores) > 1 else None
+
+    @property
+    def clean_scores(self) -> tuple[float, ...]:
+        """The scores of the seeds not flagged as collapsed: what "best" and the tests compare."""
+        flagged = {f.seed for f in self.flags}
+        return tuple(score for seed, score in zip(self.seeds, self.scores) if seed not in flagged)
+
+    @property
+    def clean_mean(self) -> float | None:
+        return statistics.fmean(self.clean_scores) if self.clean_scores else None
 
 
 @dataclass(frozen=True)

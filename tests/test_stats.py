@@ -10,7 +10,8 @@ import pytest
 from scipy import stats
 
 from harness.metrics import compute_metrics, headline, task_headline
-from harness.study_stats_core import collapse, headline_batch, holm, paired_comparison
+from harness.batch_metrics import headline_batch
+from harness.study_stats_core import boot_size, collapse, holm, holm_family, paired_comparison
 from harness.study_table import Diff, Flag
 from harness.tasks import get_task
 
@@ -150,13 +151,30 @@ def test_no_common_seed_gives_none():
     assert paired_comparison(get_task("sst2"), {1: _accuracy_seed(60)}, {2: _accuracy_seed(50)}) is None
 
 
-def test_identical_systems_give_zero_and_p_one_on_both_paths():
+def test_identical_systems_give_zero_and_p_one():
     sst2 = get_task("sst2")
     for seeds in (range(3), range(6)):
         runs = {s: _accuracy_seed(55 + s) for s in seeds}
         diff = paired_comparison(sst2, runs, runs, n_boot=300)
         assert (diff.mean, diff.low, diff.high, diff.p) == (0.0, 0.0, 0.0, 1.0)
-        assert diff.method == ("t" if len(seeds) >= 5 else "bootstrap")
+        # no spread over seeds: t would divide by zero, so the bootstrap over dev examples says it
+        assert diff.method == "bootstrap" and diff.n_boot == 300
+
+
+def test_the_same_difference_on_every_seed_gets_a_finite_interval():
+    # A is right on 5 more of 100 examples than B on each of 6 seeds: scipy's t is inf, its interval NaN
+    a = {s: _accuracy_seed(70 + s) for s in range(6)}
+    b = {s: _accuracy_seed(65 + s) for s in range(6)}
+    diff = paired_comparison(get_task("sst2"), a, b, n_boot=1000)
+    assert diff.method == "bootstrap" and diff.mean == pytest.approx(0.05)
+    assert 0 < diff.low < 0.05 < diff.high < 0.1 and diff.p < 0.05
+
+
+def test_boot_size_lets_the_smallest_holm_p_reach_a_fifth_of_alpha():
+    assert boot_size(1, 0.05) == 2000  # the base suffices for a few tests
+    n = boot_size(72, 0.05)  # the zoo: 12 rows against the baseline on 6 tasks
+    assert n == 14400 and 72 * 2 / (n + 1) <= 0.05 / 5
+    assert 72 * 2 / (2000 + 1) > 0.05  # what 2000 replicates could never show
 
 
 def _better_everywhere(rng, n=200, seeds=(0, 1, 2)):
@@ -276,3 +294,24 @@ def test_holm_caps_at_one_and_handles_edges():
     assert holm([0.2]).tolist() == [0.2]
     with pytest.raises(ValueError):
         holm([0.1, 1.5])
+
+
+def test_holm_family_raises_replicates_only_where_p_could_pass_alpha():
+    """72 bootstrap tests at 2000 replicates: the smallest possible p, 2/2001, Holm-corrected is 0.072."""
+    calls = []
+
+    def test(i, n_boot):
+        calls.append((i, n_boot))
+        if i == 0:
+            return None  # no common seed
+        floor = 2 / (n_boot + 1)  # every replicate on one side of zero: the smallest p this n_boot gives
+        return Diff(n_pairs=3, mean=0.1, low=0.05, high=0.15, p=floor if i < 5 else 0.5, method="bootstrap",
+                    n_boot=n_boot)
+
+    diffs = holm_family(test, [(i,) for i in range(73)], alpha=0.05, base=2000)
+    assert diffs[0] is None and len(diffs) == 73
+    raised = sorted(i for i, n in calls if n > 2000)
+    assert raised == [1, 2, 3, 4] and {n for _, n in calls if n > 2000} == {boot_size(72, 0.05)}
+    assert all(d.p_holm < 0.05 for d in diffs[1:5])  # with 2000 replicates each would be 72 * 2 / 2001
+    assert all(d.n_boot == 2000 and d.p_holm == 1.0 for d in diffs[5:])
+    assert diffs[1].p_holm == pytest.approx(72 * 2 / (boot_size(72, 0.05) + 1))

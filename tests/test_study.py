@@ -2,6 +2,7 @@
 real ``study`` CLI end to end on a tiny random BERT."""
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -188,8 +189,6 @@ def test_collapsed_seed_is_flagged_and_kept_out_of_claims(study):
     sp, results = study
     populate(sp, results)
     seed1 = sp.folder(results) / "runs" / next(c.plan.name for c in sp.cells if c.row == "kd/tiny") / "seed1"
-    import shutil
-
     shutil.rmtree(seed1)
     kd_plan = next(c.plan for c in sp.cells if c.row == "kd/tiny")
     fake(seed1, name=kd_plan.name, seed=1, recipe_hash=kd_plan.hash(1), terms=["hinton_kd"],
@@ -198,6 +197,24 @@ def test_collapsed_seed_is_flagged_and_kept_out_of_claims(study):
     assert [f.seed for f in kd.flags] == [1] and kd.flags[0].kind == "one class"
     assert kd.flags[0].share == pytest.approx(1.0)
     assert kd.vs_baseline.n_pairs == 2  # the collapsed seed takes no part in the comparison
+    assert kd.clean_mean == pytest.approx(0.9) and kd.mean < kd.clean_mean
+
+
+def test_one_clean_seed_pair_gets_a_difference_and_no_claim(study):
+    sp, results = study
+    populate(sp, results)
+    kd_plan = next(c.plan for c in sp.cells if c.row == "kd/tiny")
+    for seed in (1, 2):  # two of kd's three seeds predict one class
+        folder = sp.folder(results) / "runs" / kd_plan.name / f"seed{seed}"
+        shutil.rmtree(folder)
+        fake(folder, name=kd_plan.name, seed=seed, recipe_hash=kd_plan.hash(seed), terms=["hinton_kd"], data="d1",
+             teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": "T1"}], preds=np.ones(60, dtype=int))
+    t = build_table(sp, results)
+    kd = t.row("kd/tiny").cells["sst2"]
+    assert kd.vs_baseline.n_pairs == 1 and kd.vs_baseline.mean == pytest.approx(0.2)
+    assert np.isnan(kd.vs_baseline.p) and np.isnan(kd.vs_baseline.p_holm)
+    # still first by its clean seed (90 against 70), but one run proves nothing: a tie, not bold
+    assert kd.mark == "tie" and kd.mark_vs == "nokd/tiny" and t.row("nokd/tiny").cells["sst2"].mark == "tie"
 
 
 def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):

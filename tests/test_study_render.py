@@ -12,7 +12,8 @@ import pytest
 from matplotlib.image import imread
 
 from harness.study_plot import frontier
-from harness.study_render import latex_document, latex_escape, write_study_outputs
+from harness.study_render import latex, latex_document, markdown, write_study_outputs
+from harness.study_style import latex_escape, p_text
 from harness.study_table import Cell, Diff, Exclusion, Flag, Row, StudyTable
 
 TEACHER = "teacher (fine-tuned): all-MiniLM-L6-v2"
@@ -22,6 +23,9 @@ NO_LATENCY = "kd/6L & #2"  # a row the speed measurement missed
 # 17 significant digits: a CSV that rounded them would not give the same floats back
 DIFF = Diff(n_pairs=3, mean=0.012345678901234567, low=-0.0031, high=0.026, p=0.013, method="bootstrap",
             p_holm=0.04)
+
+# a test over one clean seed pair: a difference, no p
+ONE_PAIR = Diff(n_pairs=1, mean=0.33, low=0.3, high=0.36, p=float("nan"), method="bootstrap", p_holm=float("nan"))
 
 
 def cell(*scores: float, **kw) -> Cell:
@@ -39,10 +43,12 @@ def study(dirty: bool = False) -> StudyTable:
              "cola": cell(0.2, 0.25, 0.0, flags=(Flag(3, "one class", 0.971),))},
             params=17_389_056, latency_ms=4.1, budget="task 4.0k ex x 2 ep", baseline=True),
         Row(ODD, "student", "3L-minilm",
-            {"sst2": cell(0.87, 0.875, 0.88 + 1 / 3000, retention=95.6, mark="best", vs_baseline=DIFF,
+            {"sst2": cell(0.87, 0.875, 0.88 + 1 / 3000, retention=95.6, mark="best", vs_baseline=DIFF, mark_vs=NO_LATENCY,
+                          mark_test=Diff(2, 0.013, 0.004, 0.02, 0.004, "bootstrap", p_holm=0.008, n_boot=2000),
                           excluded=(Exclusion("runs/kd_x/sst2/seed4", 4, "another tokenizer"),))},
             params=17_389_056, latency_ms=3.9, budget="task 4.0k ex x 2 ep"),
-        Row(NO_LATENCY, "student", "6L-minilm", {"sst2": cell(0.86, 0.87), "cola": cell(0.56, 0.57, mark="tie")},
+        Row(NO_LATENCY, "student", "6L-minilm", {"sst2": cell(0.86, 0.87), "cola": cell(0.56, 0.57, mark="tie", mark_vs=BASELINE,
+                                                                       mark_test=ONE_PAIR)},
             params=22_713_216, budget="task 4.0k ex x 2 ep"),
     )
     return StudyTable("kd_vs_nokd", "KD against no-KD, 3 seeds", ("sst2", "cola"), rows, commit="0123abcd",
@@ -80,7 +86,8 @@ def test_markdown_cells(outputs):
     assert best.startswith(f"**{100 * statistics.fmean([0.87, 0.875, 0.88 + 1 / 3000]):.1f} ± ")
     assert "(n=3)‡1" in best and "ret 95.6 %" in best and "Δ +1.2 [−0.3, +2.6] p=0.04" in best
     assert t.loc[NO_LATENCY, "CoLA (MCC)"] == "≈ 56.5 ± 0.7 (n=2)"
-    assert t.loc[BASELINE, "CoLA (MCC)"] == "15.0 ± 13.2 (n=3)†"  # one dagger per flagged seed
+    # one dagger per flagged seed; the mean of the others is what "best" and the tests compare
+    assert t.loc[BASELINE, "CoLA (MCC)"] == "15.0 ± 13.2 (n=3)†; without †: 22.5 (n=2)"
     assert t.loc[TEACHER, "SST-2 (Acc)"] == "91.0 ± 0.5 (n=3)"
     assert t.Row[BASELINE] == f"{BASELINE} (baseline)"
     assert t.loc[ODD, "CoLA (MCC)"] == "" and t.loc[ODD, "Avg"].endswith("(1 of 2)")
@@ -89,6 +96,20 @@ def test_markdown_cells(outputs):
     assert "paired bootstrap over dev examples and seeds" in text and "Holm" in text
     assert "Commit: 0123abcd" in text and "DIRTY" not in text and "dirty" not in t.to_string()
     assert "Teachers fine-tuned on the full training set." in text
+    # what bold and ≈ rest on: each task's best against its runner-up
+    assert f"SST-2: {ODD} against {NO_LATENCY}, Δ +1.3 [+0.4, +2.0] p=0.008 over 2 clean seed pairs" in text
+    assert f"CoLA: {NO_LATENCY} against {BASELINE}, Δ +33.0 over 1 clean seed pair, no test (one seed pair)" in text
+
+
+def test_p_values_print_apart_on_either_side_of_alpha():
+    assert [p_text(p) for p in (0.0004, 0.0496, 0.054, 0.1, 0.456)] == [
+        "p<0.001", "p=0.050", "p=0.054", "p=0.10", "p=0.46"]
+
+
+def test_negative_scores_print_a_minus_sign():
+    row = Row("distilbert/3L", "student", "3L-minilm", {"cola": cell(-0.03, -0.018)})
+    table = StudyTable("neg", "", ("cola",), (row,), commit="0123abcd", dirty=False)
+    assert r"$-2.4$ $\pm$ 0.8 (n=2)" in latex(table) and "−2.4 ± 0.8 (n=2)" in markdown(table)
 
 
 def test_dirty_is_said_in_every_cell(tmp_path):
@@ -180,6 +201,7 @@ def test_latex_escape():
     assert latex_escape("~^") == r"\textasciitilde{}\textasciicircum{}"
     assert latex_escape("--set a→b ± 1") == r"-{}-set a$\rightarrow$b $\pm$ 1"
     assert latex_escape("plain text, 3L-minilm") == "plain text, 3L-minilm"
+    assert latex_escape("a<b>c|d") == r"a\textless{}b\textgreater{}c\textbar{}d"  # pdflatex's OT1 prints ¡ ¿ —
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (texlive-latex-base)")
