@@ -80,9 +80,13 @@ class Rules:
 
     def __init__(self, sp: StudyPlan, records: list[Rec], allow_dirty: bool):
         self.sp, self.allow_dirty = sp, allow_dirty
-        self.commit = _majority([r.commit for r in records])
-        self.data = {t: _majority([r.record.data for r in records if r.record.task == t])
-                     for t in {r.record.task for r in records}}  # the task data most records read
+        # the commit and task data most of the study's own student records have (strays get no vote)
+        names = {c.plan.name for c in sp.cells}
+        voters = [r for r in records if r.record.kind == "student" and r.record.name in names] or records
+        self.commit = _majority([r.commit for r in voters])
+        self.data = {t: _majority([r.record.data for r in voters if r.record.task == t] or
+                                  [r.record.data for r in records if r.record.task == t])
+                     for t in {r.record.task for r in records}}
         self.excluded: dict[str, Exclusion] = {}
         self.teachers: dict[tuple, Rec] = {}  # the study's instance of each teacher key
         self.stages: dict[str, Rec] = {}  # instance -> assistant stage record

@@ -166,6 +166,17 @@ def test_other_teacher_instance_commit_and_dirty_tree_are_left_out(study):
     assert "not the study's instance" in reasons[2]
 
 
+def test_stray_records_do_not_choose_the_study_commit(study):
+    sp, results = study
+    populate(sp, results)
+    for i in range(9):  # more records than the study's own, from another commit, in no cell
+        fake(sp.folder(results) / "runs" / "glue" / "sst2" / "old" / f"seed{i}", commit="c9", name="glue/sst2/old",
+             seed=i, data="d1")
+    t = build_table(sp, results)
+    assert t.commit == "c1" and t.row("kd/tiny").cells["sst2"].n == 3
+    assert sum("from commit c9" in n for n in t.notes) == 9  # each said, none counted
+
+
 def test_a_record_of_other_task_data_is_left_out(study):
     """The full MNLI and the bundled 10k sample are both 'MNLI': their records never share a cell."""
     sp, results = study
