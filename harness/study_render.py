@@ -124,8 +124,9 @@ def notes(table: StudyTable, style: Style) -> list[str]:
                if table.commit else "Commit: unknown (not run from a git checkout).")
     out.append(f"Cells: the task's dev-set headline x 100 (its metric in the header), mean{style.pm}std over "
                "seeds; (n=k): the seeds whose records passed every check; ret: retention, the cell's mean as a "
-               "share of its teacher's. Budget: what every phase of the row's runs cost; a cell whose runs cost "
-               "otherwise says its own. Avg: mean over the row's tasks, '(k of n)' when it lacks some of the table's.")
+               "share of its (strongest) teacher's. Budget: what every phase of the row's runs cost; a cell whose "
+               "runs cost otherwise says its own. Avg: mean over the row's tasks, '(k of n)' when it lacks some of "
+               "the table's.")
     return out + symbol_notes(table, style) + [style.text(n) for n in table.notes]
 
 

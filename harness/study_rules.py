@@ -176,16 +176,13 @@ class Rules:
         return sorted((r for r in recs if budget(r.record) == main), key=lambda r: r.record.seed)
 
     def teacher_for(self, m: RunRecord) -> Rec | None:
-        """The study's record of a student's first card teacher on its task (fine-tuned alone, or
-        co-finetuned with the others it lists), for retention; None when the study has none."""
-        for e in m.teachers:
-            if e.card is not None:
-                for key, t in self.teachers.items():
-                    # a no-KD record read no teacher: its reference is the card fine-tuned alone
-                    same = t.record.instance == e.instance if e.instance is not None else key[2] == ()
-                    if key[0] == e.card and key[1] == m.task and same:
-                        return t
-        return None
+        """The study's record of the strongest card teacher a student read on its task (fine-tuned alone,
+        or co-finetuned with the others it lists), for retention; None when the study has none."""
+        found = [t for e in m.teachers if e.card is not None for key, t in self.teachers.items()
+                 # a no-KD record read no teacher: its reference is the card fine-tuned alone
+                 if key[0] == e.card and key[1] == m.task
+                 and (t.record.instance == e.instance if e.instance is not None else key[2] == ())]
+        return max(found, key=lambda t: t.record.score, default=None)
 
 
 def _majority(values: list):

@@ -269,3 +269,22 @@ def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     assert teachers == sorted(p.relative_to(out) for p in (out / "runs" / "teachers").rglob("metrics.json"))
     t_cells = pd.read_csv(results / "studies" / "t" / "table.csv")
     assert sorted(t_cells[t_cells.kind == "student"].n) == [2]
+
+
+def test_retention_is_against_the_strongest_teacher_read():
+    from types import SimpleNamespace
+
+    from harness.study_rules import Rules
+
+    def teacher(score, instance):
+        return SimpleNamespace(record=SimpleNamespace(score=score, instance=instance))
+
+    teachers = {("mpnet", "sst2", ()): teacher(0.93, "M"), ("minilm", "sst2", ()): teacher(0.91, "L"),
+                ("mpnet", "rte", ()): teacher(0.70, "R")}
+    rules = SimpleNamespace(teachers=teachers)
+    both = run_record(teachers=[{"card": "minilm", "weight": 0.5, "instance": "L"},
+                                {"card": "mpnet", "weight": 0.5, "instance": "M"}])
+    assert Rules.teacher_for(rules, both) is teachers[("mpnet", "sst2", ())]  # not the first listed
+    nokd = run_record(teachers=[{"card": "minilm", "weight": 1.0}])  # read none: the card fine-tuned alone
+    assert Rules.teacher_for(rules, nokd) is teachers[("minilm", "sst2", ())]
+    assert Rules.teacher_for(rules, run_record(task="rte", teachers=[{"card": "minilm", "weight": 1.0}])) is None
