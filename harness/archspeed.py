@@ -8,15 +8,16 @@ alone (random weights, no checkpoint), each architecture in a fresh child proces
 warm-up passes, then ``passes`` timed ones: median and quartiles, at batch 1 and 32, at a fixed length and
 at a task's dev-length distribution (dynamic padding).  Ratios between rows of one result
 (:func:`speedups`) come from one sitting, so a table built from them cannot contradict itself; a shallower
-model measured slower than a deeper twin is measured again, and marked if it stays so (:func:`inconsistent`).
+model measured slower than a deeper twin, in any row, has the whole family measured again, and every row
+is the median over the takes; a pair that stays inconsistent is marked (:func:`inconsistent`).
 """
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -27,8 +28,9 @@ import torch
 import transformers
 from transformers import AutoConfig, PretrainedConfig
 
+from harness.archspeed_result import LAYER_FIELDS, combine_takes, find_row, inconsistent, twins
+
 WORKER = "harness.archspeed_worker"
-LAYER_FIELDS = ("num_hidden_layers", "n_layers", "num_layers")  # BERT-likes, DistilBERT, others
 HIDDEN_FIELDS = ("hidden_size", "dim", "d_model")
 # Config fields that do not change what an eval-mode forward pass computes: names, label names, token ids,
 # dropout (off in eval), initialisation, layer-norm epsilon, output and cache switches.  Every other field
@@ -134,13 +136,16 @@ def _length_sets(dev_lengths: dict[str, list[int]] | list[int] | None) -> dict[s
 
 
 def _take(key: str, entry: dict, job: dict, log: Callable[[str], None]) -> None:
-    """Measure one architecture (again) and put its figures in ``entry``."""
-    start = time.perf_counter()
+    """Measure one architecture (again): a take of its own in ``entry["takes"]``; ``entry["rows"]`` is then
+    every row's median over the takes, so a re-measurement adds evidence rather than replacing it."""
+    start, load = time.perf_counter(), os.getloadavg()
     out = run_worker(job | {"config": entry["fields"]})
-    entry.update(params=out["params"], pid=out["pid"], threads=out["threads"], omp_threads=out["omp_threads"],
-                 takes=entry["takes"] + 1, wall_s=round(time.perf_counter() - start, 1), rows=out["rows"])
-    log(f"{key}: {entry['wall_s']:.0f} s, CPU fp32 batch 1 length {job['length']}: "
-        f"{find_row(entry)['median_ms']:.2f} ms")
+    entry["takes"].append({"pid": out["pid"], "wall_s": round(time.perf_counter() - start, 1),
+                           "loadavg_before": load[0], "loadavg_after": os.getloadavg()[0], "rows": out["rows"]})
+    entry.update({k: out[k] for k in ("params", "threads", "omp_threads", "interop_threads", "cpus")},
+                 rows=combine_takes([t["rows"] for t in entry["takes"]]))
+    log(f"{key}: {entry['takes'][-1]['wall_s']:.0f} s, CPU fp32 batch 1 length {job['length']}: "
+        f"{find_row({'rows': out['rows']})['median_ms']:.2f} ms (load {load[0]:.1f})")
 
 
 def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[int] | None = None,
@@ -148,8 +153,9 @@ def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[i
             batches: tuple[int, ...] = (1, 32), seed: int = 0, log: Callable[[str], None] = print) -> dict:
     """Speed of every architecture among ``configs`` (name -> config.json dict), each in its own child
     process, one after another.  ``dev_lengths``: the dev set's token lengths (a list, rows ``dev``) or
-    one list per task (rows ``dev:<task>``).  Architectures that :func:`inconsistent` flags are measured
-    again, up to twice; those still flagged carry ``inconsistent_with``."""
+    one list per task (rows ``dev:<task>``).  Where :func:`inconsistent` flags a pair, every layer-only
+    twin of the pair is measured again, in a shuffled order, up to two more rounds; pairs still flagged
+    carry ``inconsistent_with``."""
     if passes < 2:
         raise ValueError("passes must be at least 2 (a median and quartiles need several)")
     job = {"threads": threads or default_threads(), "passes": passes, "warmup": warmup, "length": length,
@@ -157,15 +163,16 @@ def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[i
     archs: dict[str, dict] = {}
     for name, config in sorted(configs.items()):
         key = arch_key(config)
-        archs.setdefault(key, {"label": arch_label(config), "names": [], "fields": arch_fields(config), "takes": 0})
+        archs.setdefault(key, {"label": arch_label(config), "names": [], "fields": arch_fields(config), "takes": []})
         archs[key]["names"].append(name)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for key, entry in archs.items():
         _take(key, entry, job, log)
     result = {"archs": archs}
-    for _ in range(2):
-        pairs = inconsistent(result)
-        for key in sorted({k for pair in pairs for k in pair}):
+    for round_ in range(2):
+        again = sorted({twin for pair in inconsistent(result) for k in pair for twin in twins(archs, k)})
+        random.Random(seed + round_).shuffle(again)  # no fixed order for the machine's drift to favour
+        for key in again:
             _take(key, archs[key], job, log)
     for shallow, deep in inconsistent(result):
         archs[shallow].setdefault("inconsistent_with", []).append(deep)
@@ -179,49 +186,3 @@ def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[i
     return {"machine": machine, "settings": settings, "peak_of": PEAK_OF, "archs": archs}
 
 
-def find_row(entry: dict, device: str = "cpu", dtype: str = "float32", batch: int = 1,
-             lengths: str = "fixed") -> dict:
-    """The row of one architecture's entry for (device, dtype, batch, lengths); KeyError if it has none."""
-    for r in entry["rows"]:
-        if (r["device"], r["dtype"], r["batch"], r["lengths"]) == (device, dtype, batch, lengths):
-            return r
-    raise KeyError(f"no row {device}/{dtype}/batch {batch}/{lengths}")
-
-
-def model_latency_ms(speed: dict, model: str) -> float | None:
-    """CPU fp32, batch 1, fixed length: the median of the architecture ``model`` (a card or student
-    label) was measured as in ``speed`` (a study's ``speed.json``); None where it was not measured."""
-    for entry in speed["archs"].values():
-        if model in entry["names"]:
-            return find_row(entry)["median_ms"]
-    return None
-
-
-def _depth(fields: dict) -> tuple[str, int] | None:
-    return next(((n, fields[n]) for n in LAYER_FIELDS if n in fields), None)
-
-
-def inconsistent(result: dict) -> list[tuple[str, str]]:
-    """(shallower, deeper) pairs of architectures that differ only in their number of layers, where the
-    shallower one's CPU fp32 batch-1 fixed-length median is the larger: a measurement error."""
-    archs, pairs = result["archs"], []
-    for a, b in itertools.permutations(sorted(archs), 2):
-        fa, fb = archs[a]["fields"], archs[b]["fields"]
-        depth = _depth(fa)
-        if depth is None or depth[0] not in fb or depth[1] >= fb[depth[0]]:
-            continue
-        if {k: v for k, v in fa.items() if k != depth[0]} != {k: v for k, v in fb.items() if k != depth[0]}:
-            continue
-        if find_row(archs[a])["median_ms"] > find_row(archs[b])["median_ms"]:
-            pairs.append((a, b))
-    return pairs
-
-
-def speedups(result: dict, reference_key: str, device: str = "cpu", dtype: str = "float32", batch: int = 1,
-             lengths: str = "fixed") -> dict[str, float]:
-    """Each architecture's speed-up over ``reference_key`` (reference median / its median, > 1 is faster),
-    from the one row kind given and from this one result only."""
-    archs = result["archs"]
-    reference = find_row(archs[reference_key], device, dtype, batch, lengths)["median_ms"]
-    return {key: reference / find_row(entry, device, dtype, batch, lengths)["median_ms"]
-            for key, entry in archs.items()}

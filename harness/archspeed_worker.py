@@ -3,7 +3,8 @@
 Run as ``python -m harness.archspeed_worker`` with the job as JSON on stdin; prints its result as JSON
 on the last line of stdout.  A fresh process per architecture, so that no allocator state, thread pool
 or cached kernel of an earlier model colours the figures.  The parent sets OMP_NUM_THREADS and
-MKL_NUM_THREADS (read when torch loads); ``torch.set_num_threads`` states the same count again here.
+MKL_NUM_THREADS (read when torch loads); here ``torch.set_num_threads`` states the same count again, the
+process is pinned to that many CPUs (``pin``) and inter-op parallelism is off (one forward at a time).
 """
 from __future__ import annotations
 
@@ -113,15 +114,31 @@ def row(model: torch.nn.Module, job: dict, device: str, dtype: str, batch: int, 
     median = statistics.median(times)
     return {"device": device, "dtype": dtype, "batch": batch, "lengths": kind, "passes": len(times),
             "median_ms": round(median * 1e3, 4), "p25_ms": round(p25 * 1e3, 4), "p75_ms": round(p75 * 1e3, 4),
-            "throughput": round(batch / median, 2),
+            # examples over the time they took: with dev lengths, batches differ in width, and batch / median
+            # would overstate a right-skewed distribution's throughput
+            "mean_ms": round(statistics.fmean(times) * 1e3, 4), "throughput": round(batch * len(times) / sum(times), 2),
             "mean_len": statistics.fmean(ids.shape[1] for ids, _ in batches[job["warmup"]:]),
             "peak_mib": round(peak_mib(device, before_kib), 1), "peak_of": peak_of}
+
+
+def pin(threads: int) -> list[int]:
+    """Pin this process to ``threads`` of the CPUs it may use (the first ones), so the OS does not move
+    the threads across cores mid-measurement; the CPUs it runs on (all it may use off Linux)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return list(range(os.cpu_count() or 1))
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
+    return cpus
 
 
 def measure_arch(job: dict) -> dict:
     """Every row of one architecture: each (device, dtype) of :func:`plan`, at the fixed length and at each
     dev-length distribution, at each batch size."""
+    cpus = pin(job["threads"])
     torch.set_num_threads(job["threads"])
+    torch.set_num_interop_threads(1)
+    # before the memory baseline: asking about a GPU starts CUDA, whose host memory no CPU row should count
+    pairs = plan()
     config = hf_config(job["config"])
     with torch.device("meta"):  # loads the modeling code (100+ MiB of imports) without allocating weights,
         AutoModelForSequenceClassification.from_config(config)  # so the baseline below leaves it out
@@ -131,11 +148,12 @@ def measure_arch(job: dict) -> dict:
     model = AutoModelForSequenceClassification.from_config(config).float().eval()
     kinds = [("fixed", None)] + sorted(job["dev_lengths"].items())
     rows = []
-    for device, dtype in plan():
+    for device, dtype in pairs:
         model.to(device)
         rows += [row(model, job, device, dtype, batch, kind, lengths, before_kib)
                  for kind, lengths in kinds for batch in job["batches"]]
     return {"pid": os.getpid(), "threads": torch.get_num_threads(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+            "interop_threads": torch.get_num_interop_threads(), "cpus": cpus,
             "params": sum(p.numel() for p in model.parameters()), "rows": rows}
 
 

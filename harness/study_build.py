@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.archspeed import model_latency_ms
+from harness.archspeed_result import find_row, model_speed
 from harness.records import read_predictions
 from harness.study import StudyPlan
 from harness.study_rules import Rec, Rules, budget, read_study_records
@@ -83,7 +83,7 @@ class _Builder:
             recs = [r for t in sp.study.tasks for r in self.rules.cells.get((row, t), [])]
             model = recs[0].record.model if recs else ""
             rows.append(Row(row, "student", model, cells, recs[0].record.params.total if recs else None,
-                            self._latency(model), _row_budget(cells), row == sp.study.baseline))
+                            budget=_row_budget(cells), baseline=row == sp.study.baseline, **self._latency(model)))
         return StudyTable(sp.name, sp.study.description, tuple(sp.study.tasks), tuple(rows), self.rules.commit,
                           self.dirty, tuple(self._notes()))
 
@@ -140,11 +140,15 @@ class _Builder:
         card, co = key
         name = f"teacher: {card}" + (f" (co-finetuned with {', '.join(co)})" if co else "")
         cells = {r.record.task: self.cell([r], []) for r in recs}  # a collapsed teacher is flagged too
-        return Row(name, "teacher", card, cells, recs[0].record.params.total, self._latency(card), _row_budget(cells))
+        return Row(name, "teacher", card, cells, recs[0].record.params.total, budget=_row_budget(cells),
+                   **self._latency(card))
 
-    def _latency(self, model: str) -> float | None:
-        """CPU fp32, batch 1, the fixed length: the study's own measurement of the model's architecture."""
-        return None if self.speed is None else model_latency_ms(self.speed, model)
+    def _latency(self, model: str) -> dict:
+        """CPU fp32, batch 1, the fixed length: the study's own measurement of the model's architecture,
+        and whether it stayed slower than a deeper twin (Row fields)."""
+        entry = None if self.speed is None else model_speed(self.speed, model)
+        return {} if entry is None else {"latency_ms": find_row(entry)["median_ms"],
+                                         "latency_suspect": "inconsistent_with" in entry}
 
     def _notes(self) -> list[str]:
         notes = []

@@ -51,20 +51,25 @@ def pareto_frame(table: StudyTable) -> pd.DataFrame:
     A row whose avg covers fewer tasks than the table's is drawn but kept off the frontiers: an
     average that skips a hard task would dominate rows that did not skip it."""
     lines = [{"row": r.key, "kind": r.kind, "avg": r.avg, "tasks": len(tasks_with_scores(r, table.tasks)),
-              "latency_ms": r.latency_ms, "params": r.params, "notes": []} for r in table.rows]
+              "latency_ms": r.latency_ms, "params": r.params, "notes": [],
+              "suspect": r.latency_suspect} for r in table.rows]
     for line in lines:
         if line["avg"] is None:
             line["notes"].append("left out of both panels: no task score")
         elif line["tasks"] < len(table.tasks):
             line["notes"].append(f"avg over {line['tasks']} of {len(table.tasks)} tasks: drawn, kept off the frontiers")
     for panel, attr, _, _, lacks in PANELS:
-        full = [x for x in lines if x["avg"] is not None and x[attr] is not None and x["tasks"] == len(table.tasks)]
+        full = [x for x in lines if x["avg"] is not None and x[attr] is not None and x["tasks"] == len(table.tasks)
+                and not (panel == "latency" and x["suspect"])]
         on = frontier([(x["row"], float(x[attr]), x["avg"]) for x in full])
         for line in lines:
             drawn = line["avg"] is not None and line[attr] is not None
             line[f"on_frontier_{panel}"] = line["row"] in on if drawn else None
             if line["avg"] is not None and line[attr] is None:
                 line["notes"].append(f"left out of the {panel} panel: {lacks}")
+            elif drawn and panel == "latency" and line["suspect"]:
+                line["notes"].append("latency slower than a deeper twin's after re-measurement: drawn, kept off "
+                                     "the latency frontier")
     frame = pd.DataFrame(lines, columns=["row", "kind", "avg", "tasks", "latency_ms", "params",
                                          "on_frontier_latency", "on_frontier_params", "notes"])
     frame["notes"] = frame["notes"].map("; ".join)

@@ -18,7 +18,8 @@ from harness.study_table import ALPHA, Cell, Diff, Exclusion, Row, StudyTable
 from harness.tasks import get_task
 
 MARKS = (None, "best", "tie")
-CSV_COLUMNS = ["row", "kind", "model", "baseline", "params", "latency_ms", "budget", "cell_budget", "task", "n",
+CSV_COLUMNS = ["row", "kind", "model", "baseline", "params", "latency_ms", "latency_suspect",
+               "budget", "cell_budget", "task", "n",
                "seeds", "scores", "mean", "std", "retention", "flags", "flagged_share", "clean_mean", "n_pairs",
                "diff_mean", "diff_low", "diff_high", "p", "p_holm", "method", "n_boot", "mark", "mark_vs",
                "mark_p_holm", "excluded", "excluded_reasons",
@@ -66,7 +67,8 @@ def row_texts(row: Row, table: StudyTable, style: Style, marks: dict[tuple[str, 
         f" ({k} of {len(table.tasks)})" if k < len(table.tasks) else "")  # an avg over fewer tasks is not comparable
     return [style.text(row.key) + (" (baseline)" if row.baseline else ""), style.text(row.model),
             style.dash if row.params is None else f"{row.params / 1e6:.1f}",
-            style.dash if row.latency_ms is None else f"{row.latency_ms:.1f}", style.text(row.budget),
+            style.dash if row.latency_ms is None else f"{row.latency_ms:.1f}" + style.warn * row.latency_suspect,
+            style.text(row.budget),
             *cells, avg + (" dirty" if table.dirty else "")]
 
 
@@ -108,6 +110,10 @@ def symbol_notes(table: StudyTable, style: Style) -> list[str]:
         out.append(f"{style.marks(style.dagger)}: one per collapsed seed (one class: the majority class's share of "
                    "predictions; flat: std of predictions over std of labels), kept in the mean and shown, never "
                    "counted for best or significance: " + "; ".join(flagged) + ".")
+    suspect = [r.key for r in table.rows if r.latency_suspect]
+    if suspect:
+        out.append(f"{style.warn.strip()}: CPU latency measured slower than a deeper model of the same width, "
+                   f"even after measuring the family again (a noisy machine); do not read it: {t(', '.join(suspect))}.")
     for i, _, _, e in numbered_exclusions(table):
         out.append(f"{style.marks(f'{style.ddagger}{i}')}: excluded from every figure: {t(e.record)} "
                    f"(seed {e.seed}): {t(e.reason)}.")
@@ -175,7 +181,7 @@ def csv_frame(table: StudyTable) -> pd.DataFrame:
             c = row.cells[task]
             lines.append({
                 "row": row.key, "kind": row.kind, "model": row.model, "baseline": row.baseline, "params": row.params,
-                "latency_ms": row.latency_ms, "budget": row.budget, "cell_budget": c.budget, "task": task, "n": c.n,
+                "latency_ms": row.latency_ms, "latency_suspect": row.latency_suspect, "budget": row.budget, "cell_budget": c.budget, "task": task, "n": c.n,
                 # repr: the shortest text that reads back as the same float
                 "seeds": ";".join(map(str, c.seeds)), "scores": ";".join(map(repr, c.scores)), "mean": c.mean,
                 "std": c.std, "retention": c.retention,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.archspeed import find_row, speedups
+from harness.archspeed_result import find_row, speedups
 from harness.tasks import get_task
 
 DTYPES = {("cpu", "float32"): "CPU fp32", ("cpu", "bfloat16"): "CPU bf16", ("cuda", "bfloat16"): "GPU bf16",

@@ -45,6 +45,7 @@ class Style:
     percent: str
     dash: str  # a figure the row does not have
     stack: Callable[[list[str]], str]  # a cell's parts: one line in Markdown, stacked in LaTeX
+    warn: str  # after a latency the speed measurement could not make consistent
 
 
 def latex_stack(parts: list[str]) -> str:
@@ -53,9 +54,9 @@ def latex_stack(parts: list[str]) -> str:
 
 # Markdown escapes "|", which would end the cell, and "*", which could fake the bold of a best cell
 MARKDOWN = Style(lambda s: s.replace("|", r"\|").replace("*", r"\*"), lambda s: s.replace("-", "−"), " ± ", "≈ ",
-                 lambda s: f"**{s}**", lambda s: s, "†", "‡", "Δ", " %", "—", "; ".join)
+                 lambda s: f"**{s}**", lambda s: s, "†", "‡", "Δ", " %", "—", "; ".join, " ⚠")
 LATEX = Style(latex_escape, lambda s: f"${s}$", r" $\pm$ ", r"$\approx$\,", lambda s: rf"\textbf{{{s}}}",
-              lambda s: f"$^{{{s}}}$", r"\dagger", r"\ddagger", r"$\Delta$", r"\,\%", "--", latex_stack)
+              lambda s: f"$^{{{s}}}$", r"\dagger", r"\ddagger", r"$\Delta$", r"\,\%", "--", latex_stack, r"\textsuperscript{\S}")
 
 
 def p_text(p: float) -> str:

@@ -90,6 +90,7 @@ class Row:
     cells: dict[str, Cell]  # task name -> cell; a task the row lacks is absent
     params: int | None = None
     latency_ms: float | None = None  # CPU fp32, batch 1, length 128: median of the study's speed measurement
+    latency_suspect: bool = False  # measured slower than a deeper twin even after re-measurement
     budget: str = ""  # the row's budget: every phase, with its cap and epochs
     baseline: bool = False
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from harness import archspeed
-from harness.archspeed import arch_key, arch_label, find_row, inconsistent, measure, speedups
+from harness.archspeed import arch_key, arch_label, measure
+from harness.archspeed_result import combine_takes, find_row, inconsistent, speedups
 from harness.archspeed_worker import inputs
 from harness.precision import cpu_has_native_bf16
 
@@ -87,17 +88,19 @@ def test_measure_in_child_processes_structure():
     assert sorted(entry["names"] for entry in archs.values()) == [["a", "a_again"], ["b"]]
     assert result["machine"]["threads"] == archspeed.default_threads()
     assert result["settings"] == {"passes": 3, "warmup": 2, "length": 128, "batches": [1, 32], "seed": 0}
-    pids = {entry["pid"] for entry in archs.values()}
+    pids = {take["pid"] for entry in archs.values() for take in entry["takes"]}
     assert os.getpid() not in pids and len(pids) == 2  # one fresh process per architecture
     want = {(d, t, b, k) for d, t in expected_pairs() for b in (1, 32) for k in ("fixed", "dev")}
     for entry in archs.values():
-        assert entry["takes"] == 1 and "inconsistent_with" not in entry
+        assert len(entry["takes"]) == 1 and "inconsistent_with" not in entry
         assert entry["threads"] == result["machine"]["threads"] and entry["omp_threads"] == str(entry["threads"])
+        assert len(entry["cpus"]) == entry["threads"] and entry["interop_threads"] == 1  # pinned, one op at a time
         assert {(r["device"], r["dtype"], r["batch"], r["lengths"]) for r in entry["rows"]} == want
         for r in entry["rows"]:
             assert r["passes"] == 3
             assert 0 < r["p25_ms"] <= r["median_ms"] <= r["p75_ms"]
-            assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["median_ms"], rel=1e-3)
+            # examples over the time they took, not batch / median
+            assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"], rel=1e-3)
             assert r["peak_of"] in result["peak_of"] and r["peak_mib"] > 0
             if r["lengths"] == "fixed":
                 assert r["mean_len"] == 128
@@ -136,6 +139,12 @@ def made_row(ms: float, batch: int = 1, device: str = "cpu", dtype: str = "float
     return {"device": device, "dtype": dtype, "batch": batch, "lengths": lengths, "median_ms": ms}
 
 
+def worker_out(job: dict, rows: list[dict], params: int = 1) -> dict:
+    """What a child process prints, for a made-up measurement."""
+    return {"pid": 1, "threads": job["threads"], "omp_threads": str(job["threads"]), "interop_threads": 1,
+            "cpus": list(range(job["threads"])), "params": params, "rows": rows}
+
+
 def made_arch(layers: int, ms: float, hidden: int = 32, ms32: float = 100.0) -> dict:
     return {"fields": {"model_type": "bert", "num_hidden_layers": layers, "hidden_size": hidden},
             "rows": [made_row(ms), made_row(ms32, batch=32)]}
@@ -149,6 +158,19 @@ def test_inconsistent_pairs_layer_only_twins():
     assert inconsistent(result) == []
     result["archs"]["ok"]["rows"][0]["median_ms"] = 1.0
     assert sorted(inconsistent(result)) == [("d", "ok"), ("s", "ok")]
+    # any row kind both have counts: here batch 32, where the shallow one is slower
+    result = {"archs": {"s": made_arch(3, 5.0, ms32=120.0), "d": made_arch(6, 8.0, ms32=110.0)}}
+    assert inconsistent(result) == [("s", "d")]
+
+
+def test_takes_combine_row_by_row_as_medians():
+    takes = [[made_row(ms) | {"p25_ms": ms, "p75_ms": ms, "throughput": 1 / ms, "peak_mib": 10.0}
+              for ms in (m, 2 * m)] for m in (1.0, 9.0, 2.0)]
+    for rows in takes:
+        rows[1]["batch"] = 32
+    combined = combine_takes(takes)
+    assert [r["median_ms"] for r in combined] == [2.0, 4.0] and [r["takes"] for r in combined] == [3, 3]
+    assert combined[0]["throughput"] == 0.5 and combine_takes(takes[:1])[0]["median_ms"] == 1.0
 
 
 def test_speedups_from_one_result():
@@ -169,17 +191,18 @@ def fake_worker(slow_shallow_takes: int):
         taken[layers, hidden] = taken.setdefault((layers, hidden), 0) + 1
         shallow_twin = (layers, hidden) == (1, 32)
         ms = 100.0 if shallow_twin and taken[layers, hidden] <= slow_shallow_takes else float(layers)
-        return {"pid": 1, "threads": job["threads"], "omp_threads": str(job["threads"]), "params": layers,
-                "rows": [made_row(ms)]}
+        return worker_out(job, [made_row(ms)], params=layers)
     return run
 
 
-@pytest.mark.parametrize("slow_takes, takes, marked", [(1, 2, False), (9, 3, True)])
+# one slow take of three is outvoted by the median; a shallow twin slow every time stays marked
+@pytest.mark.parametrize("slow_takes, takes, marked", [(0, 1, False), (1, 3, False), (9, 3, True)])
 def test_measure_retakes_then_marks_inconsistent(monkeypatch, slow_takes, takes, marked):
     monkeypatch.setattr(archspeed, "run_worker", fake_worker(slow_takes))
     result = measure({"s": tiny(), "d": tiny(num_hidden_layers=4), "other": tiny(hidden_size=64)}, passes=2)
     s, d, other = (result["archs"][arch_key(c)] for c in (tiny(), tiny(num_hidden_layers=4), tiny(hidden_size=64)))
-    assert (s["takes"], d["takes"], other["takes"]) == (takes, takes, 1)  # at most two extra rounds
+    assert (len(s["takes"]), len(d["takes"]), len(other["takes"])) == (takes, takes, 1)  # at most two extra rounds
+    assert find_row(s)["median_ms"] == (100.0 if marked else 1.0)
     assert ("inconsistent_with" in s) is marked and "inconsistent_with" not in other
     if marked:
         assert s["inconsistent_with"] == [arch_key(tiny(num_hidden_layers=4))]
@@ -191,8 +214,7 @@ def test_measure_sends_each_child_its_job(monkeypatch):
 
     def run(job: dict) -> dict:
         jobs.append(job)
-        return {"pid": 1, "threads": job["threads"], "omp_threads": str(job["threads"]), "params": 1,
-                "rows": [made_row(1.0)]}
+        return worker_out(job, [made_row(1.0)])
     monkeypatch.setattr(archspeed, "run_worker", run)
     configs = {"x": tiny(hidden_dropout_prob=0.5), "y": tiny()}
     result = measure(configs, {"sst2": [3, 4], "mrpc": [50]}, threads=3, passes=7, length=64)

@@ -252,3 +252,17 @@ def test_unknown_mark_or_method_is_an_error(tmp_path):
     bad = dataclasses.replace(study(), rows=(Row("r", "student", "m", {"sst2": cell(0.5, vs_baseline=diff)}),))
     with pytest.raises(ValueError, match="bootstrapped"):
         write_study_outputs(bad, tmp_path)
+
+
+def test_a_suspect_latency_is_marked_everywhere(tmp_path):
+    table = study()
+    rows = tuple(dataclasses.replace(r, latency_suspect=r.key == BASELINE) for r in table.rows)
+    paths = write_study_outputs(dataclasses.replace(table, rows=rows), tmp_path)
+    text = paths[0].read_text()
+    assert markdown_rows(text).loc[BASELINE, "CPU ms (b1, L128)"] == "4.1 ⚠"
+    assert "⚠: CPU latency measured slower than a deeper model of the same width" in text and BASELINE in text
+    csv = pd.read_csv(paths[1]).set_index(["row", "task"])
+    assert csv.latency_suspect[(BASELINE, "sst2")] and not csv.latency_suspect[(TEACHER, "sst2")]
+    assert r"4.1\textsuperscript{\S}" in paths[2].read_text()
+    p = pd.read_csv(paths[4], keep_default_na=False, na_values=[""]).set_index("row")
+    assert not p.on_frontier_latency[BASELINE] and "kept off the latency frontier" in p.notes[BASELINE]
