@@ -61,6 +61,10 @@ def cmd_study(args) -> int:
                        checkpoint_every=args.checkpoint_every)
         engine.init_distributed()
         study_cmd.run_study(sp, opts, args.allow_dirty)
+    from harness.engine import is_main
+
+    if not is_main():  # under a launcher, one process measures and writes; the others are done
+        return 0
     if args.action in ("run", "speed"):
         for p in study_cmd.measure_speed(sp, args.results_dir, glue_dir, args.threads):
             print(f"wrote {p}")

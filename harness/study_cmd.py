@@ -53,18 +53,30 @@ def run_study(sp: StudyPlan, opts: Options, allow_dirty: bool, log=print) -> Non
 
 def model_configs(sp: StudyPlan, results_dir: Path) -> dict[str, dict]:
     """model label -> its config.json, for every model of the study's kept records whose files this
-    cache holds (students: their checkpoint; teachers: their fine-tuned folder)."""
-    from harness.study_rules import read_study_records
+    cache holds (students: their checkpoint; teachers: their fine-tuned folder).  The classifier's width
+    (1, 2 or 3 labels) costs nothing measurable, so every config gets 2: one measurement per encoder."""
+    from harness.archspeed import arch_key
+    from harness.study_rules import Rules, read_study_records
 
-    out = {}
-    for r in read_study_records(sp.folder(results_dir)):
+    records = read_study_records(sp.folder(results_dir))
+    rules = Rules(sp, records, allow_dirty=True)
+    out: dict[str, dict] = {}
+    for r in records:
         m = r.record
-        if m.model in out:
+        if r.folder in rules.excluded or r.folder in rules.stray:
             continue
         folder = cache_dir() / "teachers" / m.model / m.task / Path(r.folder).name if m.kind == "teacher" \
             else Path(m.checkpoint) if m.checkpoint else None
-        if folder is not None and (folder / "config.json").is_file():
-            out[m.model] = json.loads((folder / "config.json").read_text())
+        if folder is None or not (folder / "config.json").is_file():
+            continue
+        config = json.loads((folder / "config.json").read_text())
+        config = {k: v for k, v in config.items() if k not in ("id2label", "label2id")} | {"num_labels": 2}
+        if m.model in out and arch_key(out[m.model]) != arch_key(config):
+            # the speed table and the study's latency column look models up by this label
+            raise ConfigError(f"two architectures of study {sp.name} share the model label {m.model!r} "
+                              f"({r.folder} and an earlier record); give the students names of their own "
+                              "(student: {name: ...} in their recipes)")
+        out.setdefault(m.model, config)
     return out
 
 
@@ -83,23 +95,29 @@ def write_tables(sp: StudyPlan, results_dir: Path, allow_dirty: bool) -> list[Pa
     return written
 
 
-def dev_lengths(sp: StudyPlan, glue_dir: Path | None, max_length: int = 128) -> dict[str, list[int]]:
-    """Each task's dev token lengths (truncated at ``max_length``), through the tokenizer of the first
-    cell's student card: the distribution the 'dev' speed rows draw their batches from."""
+def dev_lengths(sp: StudyPlan, glue_dir: Path | None) -> tuple[dict[str, list[int]], dict[str, dict]]:
+    """Each task's dev token lengths, tokenized as the task's first cell tokenizes them (its student card's
+    tokenizer, its recipe's max_length): the distribution the 'dev' speed rows draw their batches from;
+    and, per task, what they were measured from (for the speed table's notes)."""
+    import statistics
+
+    from harness.glue_files import load_split
     from harness.models import load_tokenizer
     from harness.tasks import get_task
-    from harness.glue_files import load_split
 
-    card = next(c.plan.student_card for c in sp.cells if c.plan.student_card is not None)
-    tok = load_tokenizer(card.pretrained_path())
-    out = {}
+    lengths, about = {}, {}
     for name in sp.study.tasks:
-        task = get_task(name)
+        plan = next(c.plan for c in sp.cells if c.task == name and c.plan.student_card is not None)
+        task, max_length = get_task(name), plan.recipe.training.max_length
         rows = load_split(task, task.dev_splits[0], glue_dir)
         pairs = (list(rows["text_a"]), list(rows["text_b"])) if task.is_pair else (list(rows["text_a"]),)
-        ids = tok(*pairs, truncation=True, max_length=max_length)["input_ids"]
-        out[name] = [len(x) for x in ids]
-    return out
+        ids = load_tokenizer(plan.student_card.pretrained_path())(*pairs, truncation=True,
+                                                                  max_length=max_length)["input_ids"]
+        lengths[name] = [len(x) for x in ids]
+        about[name] = {"split": task.dev_splits[0], "tokenizer": plan.student_card.name, "max_length": max_length,
+                       "examples": len(ids), "mean": round(statistics.fmean(lengths[name]), 1),
+                       "median": statistics.median(lengths[name]), "max": max(lengths[name])}
+    return lengths, about
 
 
 def measure_speed(sp: StudyPlan, results_dir: Path, glue_dir: Path | None, threads: int | None) -> list[Path]:
@@ -110,10 +128,9 @@ def measure_speed(sp: StudyPlan, results_dir: Path, glue_dir: Path | None, threa
     if not configs:
         print(f"speed: no model of study {sp.name} is in this cache ({cache_dir()}); run the study first")
         return []
-    # the classifier's width (1, 2 or 3 labels) costs nothing measurable: one measurement per encoder
-    shared = {name: {k: v for k, v in c.items() if k not in ("id2label", "label2id")} | {"num_labels": 2}
-              for name, c in configs.items()}
-    result = archspeed.measure(shared, dev_lengths(sp, glue_dir), threads)
+    lengths, about = dev_lengths(sp, glue_dir)
+    result = archspeed.measure(configs, lengths, threads)
+    result["settings"]["dev_lengths"] = about
     out = sp.folder(results_dir) / "speed.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

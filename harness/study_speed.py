@@ -2,7 +2,8 @@
 :mod:`harness.archspeed`), never from the records' own per-run figures.
 
 Every figure of a row, and every speed-up between rows, comes from that one sitting: fresh process per
-architecture, threads pinned and stated, median and interquartile range over the timed passes.
+architecture, threads pinned and stated, median and interquartile range over the timed passes (over the
+takes, where a family was measured again).
 """
 from __future__ import annotations
 
@@ -39,25 +40,25 @@ def _fmt(row: dict) -> str:
     return f"{row['median_ms']:.1f} [{row['p25_ms']:.1f}–{row['p75_ms']:.1f}]"
 
 
-def _columns(entry: dict, tasks: list[str]) -> dict[str, str]:
+def _columns(entry: dict, tasks: list[str], settings: dict) -> dict[str, str]:
     """One architecture's table cells, for each precision it was measured in."""
-    out = {}
+    out, one, many, length = {}, settings["batches"][0], settings["batches"][-1], settings["length"]
     for (device, dtype), name in DTYPES.items():
         try:
-            one, many = find_row(entry, device, dtype, 1), find_row(entry, device, dtype, 32)
+            small, large = find_row(entry, device, dtype, one), find_row(entry, device, dtype, many)
         except KeyError:
             continue  # not measured on this machine (no GPU, or no native bf16)
-        out[f"{name} b1 L128 ms [IQR]"] = _fmt(one)
-        out[f"{name} b32 L128 ex/s"] = f"{many['throughput']:.0f}"
+        out[f"{name} b{one} L{length} ms [IQR]"] = _fmt(small)
+        out[f"{name} b{many} L{length} ex/s"] = f"{large['throughput']:.0f}"
         dev = []
         for t in tasks:
             try:
-                dev.append(f"{get_task(t).display} {find_row(entry, device, dtype, 32, f'dev:{t}')['throughput']:.0f}")
+                dev.append(f"{get_task(t).display} {find_row(entry, device, dtype, many, f'dev:{t}')['throughput']:.0f}")
             except KeyError:
                 continue
         if dev:
-            out[f"{name} b32 dev ex/s"] = "; ".join(dev)
-        out[f"{name} peak MiB (b32 L128)"] = f"{many['peak_mib']:.0f}"
+            out[f"{name} b{many} dev ex/s"] = "; ".join(dev)
+        out[f"{name} peak MiB (b{many} L{length})"] = f"{large['peak_mib']:.0f}"
     return out
 
 
@@ -67,26 +68,38 @@ def speed_frame(result: dict, tasks: list[str], teachers: set[str]) -> pd.DataFr
     rows = []
     for key, e in sorted(result["archs"].items(), key=lambda kv: -kv[1]["params"]):
         r = {"Architecture": e["label"] + (" ⚠" if "inconsistent_with" in e else ""), "Models": ", ".join(e["names"]),
-             "Params (M)": f"{e['params'] / 1e6:.1f}"} | _columns(e, tasks)
-        r[f"Speed-up vs {result['archs'][ref]['label']} (CPU fp32 b1)"] = f"{ups[key]:.2f}x"
+             "Params (M)": f"{e['params'] / 1e6:.1f}"} | _columns(e, tasks, result["settings"])
+        r[f"Speed-up vs {result['archs'][ref]['label']} (CPU fp32 b{result['settings']['batches'][0]})"] = \
+            f"{ups[key]:.2f}x"
         rows.append(r)
     return pd.DataFrame(rows).fillna("")
 
 
+def _dev_note(settings: dict) -> str:
+    about = settings.get("dev_lengths")  # absent from measurements taken before it was recorded
+    if not about:
+        return ""
+    return " Dev lengths: " + "; ".join(
+        f"{get_task(t).display} {a['split']} ({a['examples']} examples, {a['tokenizer']} tokenizer, at most "
+        f"{a['max_length']}: mean {a['mean']}, median {a['median']}, max {a['max']})" for t, a in about.items()) + "."
+
+
 def write_speed(result: dict, tasks: list[str], teachers: set[str], folder: Path) -> list[Path]:
     m, s = result["machine"], result["settings"]
-    notes = [f"Measured once per architecture, each in a fresh process with {m['threads']} threads pinned, on "
-             f"{m['cpu']}{' and ' + m['gpu'] if m['gpu'] else ''} (torch {m['torch']}, transformers "
-             f"{m['transformers']}), {m['started']} to {m['finished']}: {s['warmup']} warm-up then {s['passes']} "
-             f"timed passes per figure, median [25th–75th percentile]. Random token ids; L128: every example "
-             f"{s['length']} tokens; dev: batches drawn from the task's dev-set lengths, padded to their longest. "
-             "Speed-ups: ratios of medians from this one sitting. bf16: autocast over fp32 weights.",
+    notes = [f"Measured once per architecture, each in a fresh process with {m['threads']} threads pinned to as "
+             f"many CPUs (no inter-op threads), on {m['cpu']}{' and ' + m['gpu'] if m['gpu'] else ''} (torch "
+             f"{m['torch']}, transformers {m['transformers']}), {m['started']} to {m['finished']}: {s['warmup']} "
+             f"warm-up then {s['passes']} timed passes per figure, median [25th–75th percentile]; ex/s: examples "
+             f"over the time the timed passes took. Random token ids; L{s['length']}: every example {s['length']} "
+             "tokens; dev: batches drawn from the task's dev-set lengths, padded to their longest." + _dev_note(s)
+             + " Speed-ups: ratios of medians from this one sitting. bf16: autocast over fp32 weights.",
              "Peak MiB: " + "; ".join(v for k, v in result["peak_of"].items()
                                       if any(r["peak_of"] == k for e in result["archs"].values() for r in e["rows"]))
              + "."]
     if any("inconsistent_with" in e for e in result["archs"].values()):
-        notes.append("⚠: measured slower than a deeper model of the same width even after two re-measurements "
-                     "(a noisy machine); do not read its speed-ups.")
+        notes.append("⚠: measured slower than a deeper model of the same width, in some row, even after its "
+                     "family was measured twice more (each figure the median over the takes; a noisy machine); "
+                     "do not read its speed-ups.")
     table = speed_frame(result, tasks, teachers)
     md = folder / "speed.md"
     md.write_text("<!-- generated by kd-harness from speed.json; do not edit -->\n\n"

@@ -248,6 +248,11 @@ def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     assert len(speed["archs"]) == 2  # the 4-block teacher and the 2-block student, once each
     lines = [ln for ln in (out / "speed.md").read_text().splitlines() if ln.startswith("| bert")]
     assert [ln.split("|")[1].strip() for ln in lines] == ["bert 4L-48", "bert 2L-48"]  # one row each, deepest first
+    assert "CPU fp32 b1 L128 ms [IQR]" in (out / "speed.md").read_text()  # the columns say what was measured
+    dev = speed["settings"]["dev_lengths"]["sst2"]  # and the notes, what the dev rows' lengths came from
+    assert dev["split"] == "dev" and dev["tokenizer"] == "tiny-bert" and dev["examples"] > 0
+    assert "Dev lengths: SST-2 dev" in (out / "speed.md").read_text()
+    assert all(e["interop_threads"] == 1 and len(e["cpus"]) == 1 for e in speed["archs"].values())
     again = harness_cli("study", "run", str(s), *args, "--allow-dirty", "--threads", "1")
     assert again.returncode == 0 and again.stdout.count("skipped: this study's record exists") == 4
     # a second study sharing the KD row copies its records (same recipe hash, same commit), teachers too
@@ -288,3 +293,23 @@ def test_retention_is_against_the_strongest_teacher_read():
     nokd = run_record(teachers=[{"card": "minilm", "weight": 1.0}])  # read none: the card fine-tuned alone
     assert Rules.teacher_for(rules, nokd) is teachers[("minilm", "sst2", ())]
     assert Rules.teacher_for(rules, run_record(task="rte", teachers=[{"card": "minilm", "weight": 1.0}])) is None
+
+
+def test_two_architectures_under_one_model_label_are_refused(study, tmp_path):
+    from harness.schema import ConfigError
+    from harness.study_cmd import model_configs
+
+    sp, results = study
+    populate(sp, results)
+    for layers, row in ((2, "nokd/tiny"), (3, "kd/tiny")):  # both students say model "m"
+        ckpt = tmp_path / f"ckpt{layers}"
+        ckpt.mkdir()
+        (ckpt / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": layers,
+                                                      "hidden_size": 32, "num_attention_heads": 2,
+                                                      "intermediate_size": 64, "vocab_size": 100}))
+        plan = next(c.plan for c in sp.cells if c.row == row)
+        folder = sp.folder(results) / "runs" / plan.name / "seed0"
+        record = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps(record | {"checkpoint": str(ckpt)}))
+    with pytest.raises(ConfigError, match="share the model label 'm'"):
+        model_configs(sp, results)
