@@ -148,7 +148,8 @@ def speed_lines(m: RunRecord) -> list[str]:
                 f"{opt(s.cpu_bf16)} | {opt(s.cpu_int8)} | {opt(s.gpu)} |")
     s = m.speed
     lines = [f"Batch-1 latency and throughput at batch {s.throughput_batch}, sequences of {s.seq_len} tokens "
-             f"(CPU: {s.cpu.device}).", "", "| model | CPU fp32 | CPU bf16 | CPU int8 | GPU |", "|---|---|---|---|---|",
+             f"(CPU: {s.cpu.device}): rough, one quick measurement taken when the run finished; a study's speed "
+             "table measures each architecture once, with 30 passes per figure.", "", "| model | CPU fp32 | CPU bf16 | CPU int8 | GPU |", "|---|---|---|---|---|",
              row(f"this model ({m.params.total / 1e6:.1f}M params, {m.size_bytes / 2**20:.0f} MiB)", s)]
     if m.teacher_speed is not None and m.teachers:  # the first teacher's (or assistant's) speed
         first = m.teachers[0].card or f"assistant {m.teachers[0].stage}"

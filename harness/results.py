@@ -180,7 +180,11 @@ def speed_table(recs: list[TableRecord]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values())).fillna("")  # a figure a record does not have is left blank
 
 
-SPEED_NOTES = "Inference with random ids at a fixed length, fp32 on CPU (bf16 on GPU); median of timed passes."
+SPEED_NOTES = ("Rough figures: each record's own quick measurement, taken when its run finished (random ids "
+               "at a fixed length, fp32 on CPU, bf16 on GPU; median of the recipe's speed.iters passes at batch 1, "
+               "of a quarter as many at the larger batch), whatever else the machine was doing; a speed-up compares "
+               "two such draws. To quote a speed, run a study: `python -m harness study speed STUDY` measures each "
+               "architecture once, in a fresh process, 30 passes per figure.")
 SPEED_LOW_PRECISION = (" CPU bf16: autocast, on a CPU with native bf16; CPU int8: dynamic quantization of the linear "
                        "layers (torch.ao); both timed in the same sitting as the fp32 figures of their row.")
 NOTES = ("Cells: GLUE dev headline x 100 (CoLA MCC; STS-B mean of Pearson/Spearman; MRPC, QQP mean of F1/acc; "
