@@ -101,11 +101,12 @@ def cell_cost(plan: RunPlan, seeds: list[int], speeds: Speeds, glue_dir: Path | 
             if t.stage is not None and not _cached_here(t.folder(seed)):
                 add(student_label(t.stage.recipe.student, t.stage.student_card), _phase_examples(t.stage, rows))
     # co-finetuned teachers live in folders of their own; each costs about what its own fine-tune does
-    joint = [f for f, _ in joint_spec(plan, Path(".")).entries] if plan.recipe.cofinetune is not None else None
+    # (and train on the joint run's settings: the recipe's cofinetune caps, not each card's own)
+    joint = joint_spec(plan, Path(".")) if plan.recipe.cofinetune is not None else None
     for i, t in enumerate(plan.teachers):  # fine-tuned once for every seed of the student
-        folder = joint[i] if joint is not None else t.folder(0)
+        folder = joint.entries[i][0] if joint is not None else t.folder(0)
         if t.card is not None and plan.reads_teachers() and not _cached_here(folder):
-            ft = t.finetune
+            ft = joint.settings if joint is not None else t.finetune
             add(t.card.name, int(min(ft.max_train_examples or rows, rows) * ft.epochs))
     return Cost(examples, None if unmeasured else seconds, tuple(dict.fromkeys(unmeasured)))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import REAL_GLUE, REPO, harness_cli, needs_glue
 from harness.losses import TERMS
@@ -260,3 +261,18 @@ def test_plan_cost_counts_cofinetuned_teachers_until_their_joint_folders_are_cac
     steps = {a - b for a, b in zip(costs, costs[1:])}
     epochs = plan.teachers[0].card.finetune_for("mrpc", plan.recipe.cofinetune).epochs
     assert steps == {3668 * epochs}
+
+
+@needs_glue
+def test_plan_cost_of_cofinetuned_teachers_follows_the_recipes_joint_settings(tmp_path, monkeypatch):
+    """SST-2's joint run is capped at 8,000 examples by the recipe's `cofinetune`, whatever the cards'
+    own fine-tunes say: the estimate counts each teacher at that cap (it once counted all 67k)."""
+    from harness.study_cost import Speeds, cell_cost
+
+    monkeypatch.setenv("KD_HARNESS_CACHE", str(tmp_path / "cache"))
+    plan = load(COFT[0])
+    student = plan.recipe.training.max_train_examples * plan.recipe.training.epochs
+    cost = cell_cost(plan, [0], Speeds(tmp_path / "results"), Path(REAL_GLUE)).examples
+    joint = yaml.safe_load(COFT[0].read_text())["cofinetune"]
+    assert joint["max_train_examples"] == 8000
+    assert cost == student + 3 * 8000 * joint["epochs"]
