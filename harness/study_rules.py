@@ -56,8 +56,10 @@ def teacher_key(m: RunRecord) -> tuple[str, str, tuple[str, ...]]:
 
 
 def budget(m: RunRecord) -> str:
-    """Every phase's examples and epochs (blocks of a progressive phase summed), e.g.
-    'general 8.0k ex x 1 ep x 3 blocks; task 3.7k ex x 3 ep'."""
+    """Every phase's examples and epochs, e.g. 'progressive full ex x 3 ep over 6 blocks; final full ex
+    x 3 ep'.  A progressive phase's epochs are its blocks' summed: blocks that share the phase's epochs
+    along one batch stream differ by an epoch's short last batch, and which block gets it is the seed's
+    draw, so one block's figure (0.499 or 0.501) would tell seeds of one budget apart."""
     stages = m.train.phases or [m.train]
     by_phase: dict[str, list] = {}
     for s in stages:
@@ -66,8 +68,8 @@ def budget(m: RunRecord) -> str:
     for name, ss in by_phase.items():
         cap = ss[0].train_examples
         full = name != "general" and cap >= get_task(m.task).train_size
-        part = f"{name} {'full' if full else _k(cap)} ex x {ss[0].epochs:g} ep"
-        parts.append(part + (f" x {len(ss)} blocks" if len(ss) > 1 else ""))
+        part = f"{name} {'full' if full else _k(cap)} ex x {round(sum(s.epochs for s in ss), 2):g} ep"
+        parts.append(part + (f" over {len(ss)} blocks" if len(ss) > 1 else ""))
     return "; ".join(parts)
 
 

@@ -313,3 +313,22 @@ def test_two_architectures_under_one_model_label_are_refused(study, tmp_path):
         (folder / "metrics.json").write_text(json.dumps(record | {"checkpoint": str(ckpt)}))
     with pytest.raises(ConfigError, match="share the model label 'm'"):
         model_configs(sp, results)
+
+
+def test_budget_sums_progressive_blocks_so_seeds_of_one_budget_agree():
+    """Blocks sharing 3 epochs along one batch stream: which block gets an epoch's short last batch is
+    the seed's draw (0.501 / 0.499 of an epoch); the phase's budget is their sum either way."""
+    from harness.study_rules import budget
+
+    def stage(phase, seen, steps=134):
+        return {"phase": phase, "train_examples": 8551, "steps": steps, "epochs": round(seen / 8551, 3),
+                "examples_seen": seen, "wall_time_s": 1.0, "samples_per_s": 1.0, "world_size": 1,
+                "precision": "float32", "loss_history": []}
+
+    def rec(order):
+        phases = [stage("progressive", n) for n in order] + [stage("final", 25653, 804)]
+        return run_record(task="cola", train=stage(None, 25653, 1608) | {"phases": phases})
+
+    a, b = rec([4288, 4263] * 3), rec([4263, 4288, 4288, 4263, 4288, 4263])
+    assert budget(a) == budget(b) == "progressive full ex x 3 ep over 6 blocks; final full ex x 3 ep"
+    assert budget(rec([4288] * 6)) != budget(a)  # a block more is another budget
