@@ -58,9 +58,15 @@ def train_rows(task: Task, glue_dir: Path | None) -> int:
     counted too), or GLUE's official size when reading from the Hub."""
     if glue_dir is None:
         return task.train_size
-    with _open_text(_find_file(Path(glue_dir), task, "train")) as f:
-        rows = sum(1 for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row)
+    rows = _data_lines(_find_file(Path(glue_dir), task, "train"))
     return rows - (task.implicit_header is None)  # the header row, where the file has one
+
+
+@functools.lru_cache(maxsize=None)
+def _data_lines(path: Path) -> int:
+    """Non-empty TSV rows of a file, read once per process (a study's plan asks for each task's often)."""
+    with _open_text(path) as f:
+        return sum(1 for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row)
 
 
 def data_id(task: Task | str, glue_dir: str | Path | None) -> str:
