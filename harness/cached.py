@@ -22,7 +22,7 @@ from harness.engine import barrier, is_main
 from harness.integrity import intact, locked, model_id, write_manifest
 from harness.models import count_parameters, save_model, weights_size_bytes
 from harness.recipe_parts import SpeedSettings
-from harness.records import read_record, record_commit, same_data
+from harness.records import read_record, record_commit, same_data, short_state
 from harness.run_record import RunRecord
 
 Entry = tuple[Path, Path]  # (cache folder, record folder under results/runs)
@@ -37,7 +37,7 @@ def is_done(folder: Path, data: str, commit: str | None = None) -> bool:
     if not same_data(record := read_record(folder / "record"), data):
         why = f"was trained on other data ({record.data}; this run reads {data})"
     elif commit is not None and (was := record_commit(folder / "record")) != commit:
-        why = f"was trained at commit {str(was)[:10]}; this study runs at {commit[:10]}"
+        why = f"was trained at commit {short_state(was)}; this study runs at {short_state(commit)}"
     if why is not None and is_main():
         print(f"note: {folder.name} {why}: training it again", flush=True)
     return why is None

@@ -99,14 +99,30 @@ def write_record(folder: Path, resolved: dict, record: RunRecord, predictions: d
     shutil.rmtree(old, ignore_errors=True)
 
 
-def record_commit(folder: Path) -> str | None:
-    """The commit of the harness that wrote a record (its env.json), None when git was not available."""
-    return json.loads((folder / "env.json").read_text())["git_commit"]
+def code_state(commit: str | None, changed: tuple[str, ...] | list[str]) -> str:
+    """Which code ran, as studies compare it: the commit, with '+dirty' when tracked files differed from
+    it (a clean study run reuses only clean records; a dirty one, allowed by the user, dirty ones of its
+    commit), or 'unknown' outside git (allowed as a dirty tree is)."""
+    return "unknown" if commit is None else commit + ("+dirty" if changed else "")
+
+
+def short_state(state: str | None) -> str:
+    """A code state for messages: the commit's first 10 characters, and '+dirty' where it has it."""
+    s = str(state)
+    return s[:10] + ("+dirty" if s.endswith("+dirty") else "")
+
+
+def record_commit(folder: Path) -> str:
+    """The code state (:func:`code_state`) of the harness that wrote a record, from its env.json."""
+    env = json.loads((folder / "env.json").read_text())
+    # records from before git_changed was recorded say only whether the tree was dirty
+    changed = env["git_changed"] if "git_changed" in env else ["(not recorded)"] * bool(env["git_dirty"])
+    return code_state(env["git_commit"], changed)
 
 
 def twin_record(study_folder: Path, rel: Path, recipe_hash: str, commit: str, data: str) -> Path | None:
     """The same run recorded by another study beside ``study_folder``: the record folder at ``rel``
-    under a sibling study, of the same resolved recipe and seed (``recipe_hash``), trained at ``commit``
+    under a sibling study, of the same resolved recipe and seed (``recipe_hash``), trained at ``commit`` (a code state)
     on the same ``data``.  Studies that share a row (the zoo's KD row is the multi-teacher study's
     baseline) then train it once."""
     siblings = study_folder.parent.iterdir() if study_folder.parent.is_dir() else []

@@ -21,7 +21,8 @@ from harness.options import Options
 from harness.paths import REPO_ROOT, cache_dir
 from harness.phases import train_phases
 from harness.resume import Checkpoints
-from harness.records import env_info, git_state, read_record, record_commit, same_data, twin_record, write_record
+from harness.records import (env_info, git_state, read_record, record_commit, same_data, short_state, twin_record,
+                             write_record)
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
 from harness.glue_files import data_id
@@ -61,7 +62,7 @@ def _needs_run(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
             if is_main():
                 print(f"[{plan.name} seed {seed}] skipped: this study's record exists ({out})", flush=True)
             return False
-        why = f"it comes from commit {str(was)[:10]} and this study runs at {opts.study_commit[:10]}"
+        why = f"it comes from commit {short_state(was)} and this study runs at {short_state(opts.study_commit)}"
     elif why is None and old.checkpoint is not None and intact(Path(old.checkpoint), "a trained student"):
         if is_main():
             print(f"[{plan.name} seed {seed}] skipped: record exists ({out}); --force to rerun", flush=True)
@@ -83,14 +84,20 @@ def _copy_twin(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:
     twin = twin_record(opts.results_dir, rel, plan.hash(seed), opts.study_commit, data)
     if twin is None:
         return False
+    if plan.reads_teachers():  # no-KD names no teacher record; the others' records come in beside it
+        ready = {t.instance for t in ready_teachers(plan, seed, opts)[0]}
+        read = {e.instance for e in read_record(twin).teachers}
+        if read != ready:  # a teacher trained again since: the twin read weights this study's cache lacks
+            if is_main():
+                print(f"[{plan.name} seed {seed}] not copied from {twin}: it read teacher instances "
+                      f"{sorted(map(str, read))}, this cache holds {sorted(map(str, ready))}", flush=True)
+            return False
     if is_main():
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(twin, out)
         print(f"[{plan.name} seed {seed}] copied: study {twin.parents[len(rel.parts) - 1].name} ran this very "
               f"recipe and seed at this commit ({twin})", flush=True)
     barrier()
-    if plan.reads_teachers():  # no-KD names no teacher record
-        ready_teachers(plan, seed, opts)
     return True
 
 

@@ -19,7 +19,8 @@ import numpy as np
 from harness.archspeed_result import find_row, model_speed
 from harness.records import read_predictions
 from harness.study import StudyPlan
-from harness.study_rules import Rec, Rules, budget, read_study_records
+from harness.study_records import Rec, read_study_records
+from harness.study_rules import Rules
 from harness.study_stats_core import collapse, holm_family, paired_comparison
 from harness.study_table import ALPHA, Cell, Diff, Exclusion, Row, StudyTable
 from harness.tasks import get_task
@@ -42,8 +43,9 @@ class _Builder:
     def __init__(self, sp: StudyPlan, results_dir: Path, allow_dirty: bool, speed: dict | None):
         self.sp, self.folder = sp, sp.folder(results_dir)
         records = read_study_records(self.folder)
+        self.records = {r.folder: r for r in records}
         self.rules = Rules(sp, records, allow_dirty)
-        self.dirty = any(r.changed for r in records if r.folder not in self.rules.excluded)
+        self.dirty = any(r.changed or r.commit is None for r in self.rules.kept())
         self.speed = speed
         self.preds: dict[str, Splits] = {}
 
@@ -62,7 +64,7 @@ class _Builder:
         mean = float(np.mean([r.record.score for r in recs])) if recs else None
         retention = 100 * mean / teacher.record.score if teacher and mean is not None and teacher.record.score > 0 else None
         return Cell(tuple(r.record.seed for r in recs), tuple(r.record.score for r in recs), retention,
-                    tuple(flags), tuple(excluded), budget=budget(recs[0].record) if recs else "")
+                    tuple(flags), tuple(excluded), budget=self.rules.budget(recs[0]) if recs else "")
 
     def clean(self, row: str, task: str) -> dict[int, Splits]:
         """A cell's seeds that may take part in a significance claim: kept and not collapsed."""
@@ -83,16 +85,15 @@ class _Builder:
             recs = [r for t in sp.study.tasks for r in self.rules.cells.get((row, t), [])]
             model = recs[0].record.model if recs else ""
             rows.append(Row(row, "student", model, cells, recs[0].record.params.total if recs else None,
-                            budget=_row_budget(cells), baseline=row == sp.study.baseline, **self._latency(model)))
+                            **_row_budget(cells), baseline=row == sp.study.baseline, **self._latency(model)))
         return StudyTable(sp.name, sp.study.description, tuple(sp.study.tasks), tuple(rows), self.rules.commit,
                           self.dirty, tuple(self._notes()))
 
     def _exclusions_by_cell(self) -> dict[tuple[str, str], list[Exclusion]]:
         by_name = {c.plan.name: c for c in self.sp.cells}
         out: dict[tuple[str, str], list[Exclusion]] = {}
-        records = {r.folder: r for r in read_study_records(self.folder)}
         for folder, ex in self.rules.excluded.items():
-            m = records[folder].record
+            m = self.records[folder].record
             if m.kind == "student" and m.name in by_name:
                 c = by_name[m.name]
                 out.setdefault((c.row, c.task), []).append(ex)
@@ -140,7 +141,7 @@ class _Builder:
         card, co = key
         name = f"teacher: {card}" + (f" (co-finetuned with {', '.join(co)})" if co else "")
         cells = {r.record.task: self.cell([r], []) for r in recs}  # a collapsed teacher is flagged too
-        return Row(name, "teacher", card, cells, recs[0].record.params.total, budget=_row_budget(cells),
+        return Row(name, "teacher", card, cells, recs[0].record.params.total, **_row_budget(cells),
                    **self._latency(card))
 
     def _latency(self, model: str) -> dict:
@@ -160,19 +161,22 @@ class _Builder:
         base = self.sp.study.baseline
         notes += [f"{get_task(task).display}: no Δ against the baseline, whose every seed collapsed"
                   for (row, task), c in self.cells.items() if row == base and c.scores and c.clean_mean is None]
+        notes += [f"{get_task(task).display}, {row}: no Δ against the baseline: every seed collapsed"
+                  for (row, task), c in self.cells.items() if row != base and c.scores and c.clean_mean is None]
         if self.speed is None:
             notes.append("latency: not measured yet (`python -m harness study speed STUDY`)")
         return notes
 
 
-def _row_budget(cells: dict[str, Cell]) -> str:
-    """The budget most of a row's cells share, with the tasks that differ named (e.g. a capped SST-2)."""
+def _row_budget(cells: dict[str, Cell]) -> dict[str, str]:
+    """Row fields: the budget most of a row's cells share (``usual_budget``), and that with the tasks
+    that differ named (``budget``, e.g. a capped SST-2)."""
     spent = Counter(c.budget for c in cells.values() if c.budget)
     if not spent:
-        return ""
+        return {}
     main = spent.most_common(1)[0][0]
     other = [f"{get_task(t).display}: {c.budget}" for t, c in cells.items() if c.budget and c.budget != main]
-    return main + (f" ({'; '.join(other)})" if other else "")
+    return {"budget": main + (f" ({'; '.join(other)})" if other else ""), "usual_budget": main}
 
 
 def build_table(sp: StudyPlan, results_dir: Path, allow_dirty: bool = False) -> StudyTable:

@@ -3,7 +3,8 @@
 ``run`` refuses a dirty tree (unless ``--allow-dirty``: every cell then says so), runs every cell that
 lacks a record of this commit with the same skip and cache logic as ``harness run`` (records under
 ``results/studies/<name>/runs``), measures each architecture's speed once (:mod:`harness.archspeed`)
-and writes the tables.  ``tables`` rebuilds the tables from the committed records alone.
+and writes the tables.  ``tables`` rebuilds the tables from the records under the study's folder (the
+committed ones, and any a run has added since).
 """
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ from pathlib import Path
 
 from harness.options import Options
 from harness.paths import REPO_ROOT, cache_dir
-from harness.records import git_state
+from harness.records import code_state, git_state
 from harness.schema import ConfigError
 from harness.study import StudyPlan
 
 
 def check_tree(allow_dirty: bool) -> str:
-    """The commit a study runs at; a tree with uncommitted changes is refused unless allowed."""
+    """The code state a study runs at (records.code_state: its commit, '+dirty' with uncommitted
+    changes); a dirty tree, or no git at all, is refused unless allowed."""
     commit, changed = git_state(REPO_ROOT)
     if allow_dirty:
-        return commit or "unknown"
+        return code_state(commit, changed)
     if commit is None:
         raise ConfigError("a study records the commit it ran at, and this is not a git checkout (or git is "
                           "missing); run from a clone, or pass --allow-dirty")
@@ -56,15 +58,13 @@ def model_configs(sp: StudyPlan, results_dir: Path) -> dict[str, dict]:
     cache holds (students: their checkpoint; teachers: their fine-tuned folder).  The classifier's width
     (1, 2 or 3 labels) costs nothing measurable, so every config gets 2: one measurement per encoder."""
     from harness.archspeed import arch_key
-    from harness.study_rules import Rules, read_study_records
+    from harness.study_records import read_study_records
+    from harness.study_rules import Rules
 
-    records = read_study_records(sp.folder(results_dir))
-    rules = Rules(sp, records, allow_dirty=True)
+    rules = Rules(sp, read_study_records(sp.folder(results_dir)), allow_dirty=True)
     out: dict[str, dict] = {}
-    for r in records:
+    for r in sorted(rules.kept(), key=lambda r: r.folder):
         m = r.record
-        if r.folder in rules.excluded or r.folder in rules.stray:
-            continue
         folder = cache_dir() / "teachers" / m.model / m.task / Path(r.folder).name if m.kind == "teacher" \
             else Path(m.checkpoint) if m.checkpoint else None
         if folder is None or not (folder / "config.json").is_file():

@@ -15,7 +15,7 @@ from pathlib import Path
 from harness.data import corpus_cap
 from harness.paths import REPO_ROOT
 from harness.recipe_students import student_label
-from harness.records import git_state, load_records, record_commit, twin_record
+from harness.records import code_state, git_state, load_records, record_commit, twin_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
 from harness.study import StudyPlan
@@ -112,13 +112,13 @@ def cell_cost(plan: RunPlan, seeds: list[int], speeds: Speeds, glue_dir: Path | 
 
 
 def _cached_here(folder: Path) -> bool:
-    """Whether a study run would reuse a cached model: it is there, trained at this commit."""
-    return _recorded(folder / "record", git_state(REPO_ROOT)[0])
+    """Whether a study run would reuse a cached model: it is there, trained at this commit (and as clean)."""
+    return _recorded(folder / "record", code_state(*git_state(REPO_ROOT)))
 
 
-def _recorded(folder: Path, commit: str | None) -> bool:
-    """A study's record that a run would keep: there, and of this commit (when there is one)."""
-    return (folder / "metrics.json").exists() and (commit is None or record_commit(folder) == commit)
+def _recorded(folder: Path, commit: str) -> bool:
+    """A study's record that a run would keep: there, and of this code state (records.code_state)."""
+    return (folder / "metrics.json").exists() and record_commit(folder) == commit
 
 
 def _cell_status(left: list[int], twins: list[int], cost: Cost) -> str:
@@ -141,7 +141,7 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
     folder = sp.folder(results_dir)
     lines = [f"study {sp.name}: {len(sp.rows)} rows x {len(sp.study.tasks)} tasks x {len(seeds)} seeds "
              f"(baseline: {sp.study.baseline}); records in {folder}", ""]
-    todo_s, todo_ex, missing, commit = 0.0, 0, set(), git_state(REPO_ROOT)[0]
+    todo_s, todo_ex, missing, commit = 0.0, 0, set(), code_state(*git_state(REPO_ROOT))
     for cell in sp.cells:
         rel = {s: Path("runs") / cell.plan.name / f"seed{s}" for s in seeds}
         left = [s for s in seeds if not _recorded(folder / rel[s], commit)]

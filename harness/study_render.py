@@ -46,7 +46,7 @@ def cell_text(cell: Cell, row: Row, marks: list[int], style: Style, dirty: bool,
         parts.append(f"ret {cell.retention:.1f}{style.percent}")
     if cell.vs_baseline is not None:
         parts.append(diff_text(cell.vs_baseline, style, tag_method, cell.n))
-    if cell.budget and cell.budget != row.budget:  # the row's Budget column holds the usual one
+    if cell.budget and cell.budget != row.usual_budget:  # the row's Budget column holds the usual one
         parts.append(style.text(cell.budget))
     if dirty:
         parts.append("dirty")

@@ -2,161 +2,160 @@
 
 A record that breaks one is left out of every figure, and its cell says why (:class:`Exclusion`):
 
+- **one recipe**: a student record's resolved recipe is the cell's (same hash), for a seed of the study;
+  only such records (the study's own) vote in the rules below;
 - **one commit**: every record (students, teachers, assistant stages) comes from the commit most of
-  the study's records come from, on a clean tree unless the table is built with ``allow_dirty``;
+  the study's own records come from, on a clean tree (and in a git checkout) unless the table is built
+  with ``allow_dirty``;
 - **one dataset** per task: every record read the task files most of the task's records read
   (``data``: a hash of the train and dev files), so a full MNLI never sits beside the 10k sample;
 - **one teacher instance** per (card, task, how it was fine-tuned): the weights a student read
-  (``teachers[].instance``) are those of a teacher record of the study; where students read several
-  instances, the one most of them read is the study's;
-- **one recipe**: a student record's resolved recipe is the cell's (same hash), for a seed of the study;
+  (``teachers[].instance``), directly or through an assistant stage, are those of a teacher record of
+  the study; where students read several instances, the one most of them read is the study's.  An
+  assistant stage is held to the same rules as a student (its commit, its teacher's instance);
 - **one budget per cell**: every seed of a cell trained on the same examples for the same epochs in
-  every phase (a progressive phase counts once per block).
+  every phase (a progressive phase's blocks summed, an assistant's training included).
+
+A vote that ties chooses nothing: the records it splits are all left out, and say so.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 
-from harness.losses import TERMS
-from harness.records import load_records
 from harness.run_record import RunRecord
 from harness.study import StudyPlan
+from harness.study_records import Rec, budget, reads_teacher, teacher_key
 from harness.study_table import Exclusion
 from harness.tasks import get_task
 
 
-@dataclass(frozen=True)
-class Rec:
-    folder: str  # relative to the study's folder
-    record: RunRecord
-    commit: str | None
-    changed: tuple[str, ...]  # tracked files that differed from the commit (a dirty tree)
-
-
-def read_study_records(folder: Path) -> list[Rec]:
-    out = []
-    if not (folder / "runs").is_dir():
-        return out
-    for rel, m in load_records(folder):
-        env = json.loads((folder / rel / "env.json").read_text())
-        out.append(Rec(str(rel), m, env["git_commit"], tuple(env["git_changed"])))
-    return out
-
-
-def reads_teacher(m: RunRecord) -> bool:
-    return any(TERMS.get(t).needs_teacher for t in m.terms)
-
-
-def teacher_key(m: RunRecord) -> tuple[str, str, tuple[str, ...]]:
-    """What a teacher is, apart from its weights: card, task, and the cards it was co-finetuned with."""
-    return m.model, m.task, tuple(m.cofinetuned_with or ())
-
-
-def budget(m: RunRecord) -> str:
-    """Every phase's examples and epochs, e.g. 'progressive full ex x 3 ep over 6 blocks; final full ex
-    x 3 ep'.  A progressive phase's epochs are its blocks' summed: blocks that share the phase's epochs
-    along one batch stream differ by an epoch's short last batch, and which block gets it is the seed's
-    draw, so one block's figure (0.499 or 0.501) would tell seeds of one budget apart."""
-    stages = m.train.phases or [m.train]
-    by_phase: dict[str, list] = {}
-    for s in stages:
-        by_phase.setdefault(s.phase or "task", []).append(s)
-    parts = []
-    for name, ss in by_phase.items():
-        cap = ss[0].train_examples
-        full = name != "general" and cap >= get_task(m.task).train_size
-        part = f"{name} {'full' if full else _k(cap)} ex x {round(sum(s.epochs for s in ss), 2):g} ep"
-        parts.append(part + (f" over {len(ss)} blocks" if len(ss) > 1 else ""))
-    return "; ".join(parts)
-
-
-def _k(n: int) -> str:
-    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
-
-
 class Rules:
-    """The study's records, split into kept and excluded (with reasons)."""
+    """The study's records, split into kept and excluded (with reasons).
+
+    Only the study's own student records vote on its commit, data and teacher instances: those of a
+    cell, a seed and a recipe of the study (strays, dropped seeds and stale recipes get no say).  A tie
+    in a vote chooses nothing: the records it splits are all left out, and say so."""
 
     def __init__(self, sp: StudyPlan, records: list[Rec], allow_dirty: bool):
         self.sp, self.allow_dirty = sp, allow_dirty
-        # the commit and task data most of the study's own student records have (strays get no vote)
-        names = {c.plan.name for c in sp.cells}
-        voters = [r for r in records if r.record.kind == "student" and r.record.name in names] or records
-        self.commit = _majority([r.commit for r in voters])
-        self.data = {t: _majority([r.record.data for r in voters if r.record.task == t] or
-                                  [r.record.data for r in records if r.record.task == t])
-                     for t in {r.record.task for r in records}}
         self.excluded: dict[str, Exclusion] = {}
         self.teachers: dict[tuple, Rec] = {}  # the study's instance of each teacher key
-        self.stages: dict[str, Rec] = {}  # instance -> assistant stage record
+        self.stages: dict[str, Rec] = {}  # instance -> kept assistant stage record
         self.cells: dict[tuple[str, str], list[Rec]] = {}  # (row, task) -> kept student records
         self.stray: list[str] = []  # records that belong to no cell
-        self._apply(records)
-
-    def _leave_out(self, r: Rec, reason: str) -> None:
-        self.excluded[r.folder] = Exclusion(r.folder, r.record.seed, reason)
-
-    def _code_ok(self, r: Rec) -> bool:
-        if r.commit != self.commit:
-            self._leave_out(r, f"from commit {str(r.commit)[:10]}; the study's records come from {str(self.commit)[:10]}")
-            return False
-        if r.record.data != self.data[r.record.task]:
-            self._leave_out(r, f"it read other {get_task(r.record.task).display} data ({r.record.data}); the "
-                               f"study's records read {self.data[r.record.task]}")
-            return False
-        if r.changed and not self.allow_dirty:
-            self._leave_out(r, f"run on a dirty tree ({', '.join(r.changed[:3])}{' ...' * (len(r.changed) > 3)})")
-            return False
-        return True
-
-    def _apply(self, records: list[Rec]) -> None:
-        by_name = {c.plan.name: c for c in self.sp.cells}
-        students = []
-        for r in records:
-            if not self._code_ok(r):
-                continue
-            kind = r.record.kind
-            if kind == "stage" and r.record.instance is not None:
-                self.stages[r.record.instance] = r
-            elif kind == "student":
-                if r.record.name not in by_name:
-                    self.stray.append(r.folder)
-                else:
-                    students.append(r)
-        self._pick_teachers([r for r in records if r.record.kind == "teacher" and r.folder not in self.excluded],
-                            students)
-        for r in students:
-            cell = by_name[r.record.name]
-            reason = self._student_problem(r, cell.plan)
+        self._by_name = {c.plan.name: c for c in sp.cells}
+        own, others = self._own(sorted(records, key=lambda r: r.folder))
+        voters = own or others
+        self.commit, self._commit_tie = _vote([r.commit for r in voters])
+        self.data = {t: _vote([r.record.data for r in voters if r.record.task == t] or
+                              [r.record.data for r in records if r.record.task == t])
+                     for t in {r.record.task for r in records}}
+        self._models = {r.record.instance: r for r in others if r.record.instance}  # teachers and stages
+        own = [r for r in own if self._code_ok(r)]
+        others = [r for r in others if self._code_ok(r)]
+        self._all_stages = {r.record.instance: r for r in others if r.record.kind == "stage" and r.record.instance}
+        self._teacher_recs = [r for r in others if r.record.kind == "teacher"]
+        self._pick_teachers(own)
+        for r in self._all_stages.values():
+            self._stage_ok(r.record.instance)
+        for r in own:
+            reason = self._reads_problem(r.record)
             if reason:
                 self._leave_out(r, reason)
             else:
+                cell = self._by_name[r.record.name]
                 self.cells.setdefault((cell.row, cell.task), []).append(r)
         for key, recs in self.cells.items():
             self.cells[key] = self._one_budget(recs)
 
-    def _pick_teachers(self, teachers: list[Rec], students: list[Rec]) -> None:
-        """For each teacher key, the instance most students read (ties: the first record)."""
-        by_instance = {t.record.instance: t for t in teachers if t.record.instance is not None}
-        reads = Counter(e.instance for s in students if reads_teacher(s.record)
-                        for e in s.record.teachers if e.card is not None and e.instance in by_instance)
-        for t in sorted(teachers, key=lambda t: (-reads[t.record.instance], t.folder)):
-            key = teacher_key(t.record)
-            if key not in self.teachers:
-                self.teachers[key] = t
-            else:
-                self._leave_out(t, f"another instance of this teacher ({self.teachers[key].folder}) is the one "
-                                   "the study's students read")
+    def _leave_out(self, r: Rec, reason: str) -> None:
+        self.excluded[r.folder] = Exclusion(r.folder, r.record.seed, reason)
 
-    def _student_problem(self, r: Rec, plan) -> str | None:
-        m = r.record
-        if m.seed not in self.sp.study.seeds:
-            return f"seed {m.seed} is not one of the study's ({self.sp.study.seeds})"
-        if m.recipe_hash != plan.hash(m.seed):
-            return "its resolved recipe differs from the study's cell (the recipe or the study changed since)"
+    def _own(self, records: list[Rec]) -> tuple[list[Rec], list[Rec]]:
+        """(the study's own student records, the teacher and stage records); the rest left out."""
+        own, others = [], []
+        for r in records:
+            m = r.record
+            if m.kind != "student":
+                others.append(r)
+            elif m.name not in self._by_name:
+                self.stray.append(r.folder)
+            elif m.seed not in self.sp.study.seeds:
+                self._leave_out(r, f"seed {m.seed} is not one of the study's ({self.sp.study.seeds})")
+            elif m.recipe_hash != self._by_name[m.name].plan.hash(m.seed):
+                self._leave_out(r, "its resolved recipe differs from the study's cell (the recipe or the study "
+                                   "changed since)")
+            else:
+                own.append(r)
+        return own, others
+
+    def _code_ok(self, r: Rec) -> bool:
+        data, data_tie = self.data[r.record.task]
+        reason = None
+        if self._commit_tie:
+            reason = f"the study's records split evenly between commits {_listed(self._commit_tie)}: none is the study's"
+        elif r.commit != self.commit:
+            reason = f"from commit {str(r.commit)[:10]}; the study's records come from {str(self.commit)[:10]}"
+        elif data_tie:
+            reason = (f"the study's records split evenly between {get_task(r.record.task).display} data "
+                      f"{_listed(data_tie)}: none is the study's")
+        elif r.record.data != data:
+            reason = (f"it read other {get_task(r.record.task).display} data ({r.record.data}); the study's records "
+                      f"read {data}")
+        elif (r.changed or r.commit is None) and not self.allow_dirty:
+            reason = (f"run on a dirty tree ({', '.join(r.changed[:3])}{' ...' * (len(r.changed) > 3)})" if r.changed
+                      else "run outside a git checkout (its code is unknown, as a dirty tree's is)")
+        if reason:
+            self._leave_out(r, reason)
+        return reason is None
+
+    def card_reads(self, m: RunRecord, depth: int = 0) -> list[tuple[str, str | None]]:
+        """(card, instance) of every fine-tuned teacher a record read: directly, or through the kept
+        assistant stages it read (a chain's student reads its assistant's teacher too)."""
+        out = []
+        for e in m.teachers:
+            if e.card is not None:
+                out.append((e.card, e.instance))
+            elif e.instance in self._all_stages and depth < 8:  # 8: far deeper than any chain; no cycles
+                out += self.card_reads(self._all_stages[e.instance].record, depth + 1)
+        return out
+
+    def _pick_teachers(self, students: list[Rec]) -> None:
+        """For each teacher key, the instance most students read, directly or through a stage."""
+        reads = Counter(i for s in students if reads_teacher(s.record) for _, i in self.card_reads(s.record))
+        by_key: dict[tuple, list[Rec]] = {}
+        for t in self._teacher_recs:
+            by_key.setdefault(teacher_key(t.record), []).append(t)
+        for key, recs in by_key.items():
+            recs.sort(key=lambda t: (-reads[t.record.instance], t.folder))
+            top = [t for t in recs if reads[t.record.instance] == reads[recs[0].record.instance]]
+            if len(top) > 1 and reads[recs[0].record.instance] > 0:
+                shown = _listed([f"{t.record.instance} (read by {reads[t.record.instance]})" for t in top])
+                for t in recs:
+                    self._leave_out(t, f"the study's students split evenly between instances {shown}: none is "
+                                       "the study's")
+                continue
+            self.teachers[key] = recs[0]
+            for t in recs[1:]:
+                self._leave_out(t, f"another instance of this teacher ({recs[0].folder}) is the one the study's "
+                                   "students read")
+
+    def _stage_ok(self, instance: str, depth: int = 0) -> bool:
+        """Whether an assistant stage is kept: its own reads follow the rules a student's do."""
+        if instance in self.stages:
+            return True
+        r = self._all_stages.get(instance)
+        if r is None or r.folder in self.excluded:
+            return False
+        reason = self._reads_problem(r.record, depth + 1)
+        if reason:
+            self._leave_out(r, reason)
+            return False
+        self.stages[instance] = r
+        return True
+
+    def _reads_problem(self, m: RunRecord, depth: int = 0) -> str | None:
+        """Why what a record read is not the study's: a teacher instance or an assistant stage."""
         if not reads_teacher(m):
             return None
         chosen = {t.record.instance for t in self.teachers.values()}
@@ -164,29 +163,59 @@ class Rules:
             if e.instance is None:
                 return "it names no teacher instance (recorded before instances were)"
             if e.card is not None and e.instance not in chosen:
-                return f"it read {e.card} instance {e.instance}, not the study's instance of that teacher"
-            if e.stage is not None and e.instance not in self.stages:
-                return f"its assistant stage {e.stage} (instance {e.instance}) has no record kept in the study"
+                return f"it read {e.card} instance {e.instance}, and {self._why(e.instance)}"
+            if e.stage is not None and not (depth < 8 and self._stage_ok(e.instance, depth)):
+                return f"its assistant stage {e.stage} (instance {e.instance}) is left out: {self._why(e.instance)}"
         return None
 
+    def _why(self, instance: str) -> str:
+        """Why the teacher or stage record of an instance is not the study's."""
+        r = self._models.get(instance)
+        if r is None:
+            return "no record of that instance is in the study"
+        return f"its record ({r.folder}) is left out: {self.excluded[r.folder].reason}" if r.folder in self.excluded \
+            else "its record is not the study's instance"
+
+    def budget(self, r: Rec) -> str:
+        """The record's budget (:func:`budget`), its assistants' training first: a chain's compute too."""
+        assist = [f"assistant {self.stages[e.instance].record.model} ({self.budget(self.stages[e.instance])})"
+                  for e in r.record.teachers if e.stage is not None and e.instance in self.stages]
+        return "; ".join([*assist, budget(r.record)])
+
     def _one_budget(self, recs: list[Rec]) -> list[Rec]:
-        spent = Counter(budget(r.record) for r in recs)
-        main = spent.most_common(1)[0][0]
+        """The cell's seeds that share its budget: the one most of them share (none on a tie)."""
+        main, tie = _vote([self.budget(r) for r in recs])
         for r in recs:
-            if budget(r.record) != main:
-                self._leave_out(r, f"its budget ({budget(r.record)}) differs from its cell's ({main})")
-        return sorted((r for r in recs if budget(r.record) == main), key=lambda r: r.record.seed)
+            if main is None:
+                self._leave_out(r, f"its cell's seeds split evenly between budgets {_listed(tie)}: none is the cell's")
+            elif self.budget(r) != main:
+                self._leave_out(r, f"its budget ({self.budget(r)}) differs from its cell's ({main})")
+        return sorted((r for r in recs if self.budget(r) == main), key=lambda r: r.record.seed)
 
     def teacher_for(self, m: RunRecord) -> Rec | None:
         """The study's record of the strongest card teacher a student read on its task (fine-tuned alone,
-        or co-finetuned with the others it lists), for retention; None when the study has none."""
-        found = [t for e in m.teachers if e.card is not None for key, t in self.teachers.items()
+        or co-finetuned with the others it lists; through an assistant too), for retention; None when
+        the study has none."""
+        found = [t for card, instance in self.card_reads(m) for key, t in self.teachers.items()
                  # a no-KD record read no teacher: its reference is the card fine-tuned alone
-                 if key[0] == e.card and key[1] == m.task
-                 and (t.record.instance == e.instance if e.instance is not None else key[2] == ())]
+                 if key[0] == card and key[1] == m.task
+                 and (t.record.instance == instance if instance is not None else key[2] == ())]
         return max(found, key=lambda t: t.record.score, default=None)
 
+    def kept(self) -> list[Rec]:
+        """Every record a figure of the table reads: the cells' students, their teachers and stages."""
+        return [*(r for recs in self.cells.values() for r in recs), *self.teachers.values(), *self.stages.values()]
 
-def _majority(values: list):
-    """The most common value (ties: the first seen); None for no values."""
-    return Counter(values).most_common(1)[0][0] if values else None
+
+def _vote(values: list) -> tuple:
+    """(the most common value, ()) or, when several share the top count, (None, the tied values);
+    (None, ()) for no values."""
+    counts = Counter(values).most_common()
+    if not counts:
+        return None, ()
+    top = [v for v, n in counts if n == counts[0][1]]
+    return (top[0], ()) if len(top) == 1 else (None, tuple(top))
+
+
+def _listed(values) -> str:
+    return ", ".join(str(v)[:16] for v in values)

@@ -255,7 +255,8 @@ def test_plan_cost_counts_cofinetuned_teachers_until_their_joint_folders_are_cac
         for f in folders[:n_cached]:
             (f / "record").mkdir(parents=True, exist_ok=True)
             (f / "record" / "metrics.json").write_text("{}")
-            (f / "record" / "env.json").write_text(json.dumps({"git_commit": git_state(REPO_ROOT)[0]}))
+            (f / "record" / "env.json").write_text(json.dumps({"git_commit": git_state(REPO_ROOT)[0],
+                                                               "git_changed": list(git_state(REPO_ROOT)[1])}))
         costs.append(cell_cost(plan, [0], speeds, Path(REAL_GLUE)).examples)
     # each cached copy takes one fine-tune (MRPC's 3,668 pairs x its epochs) off the estimate
     steps = {a - b for a, b in zip(costs, costs[1:])}

@@ -83,9 +83,13 @@ def test_a_dirty_tree_is_refused_with_one_message(monkeypatch):
     monkeypatch.setattr(study_cmd, "git_state", lambda repo: ("abc123", ("harness/distill.py",)))
     with pytest.raises(ConfigError, match=r"uncommitted changes \(harness/distill.py\).*--allow-dirty"):
         study_cmd.check_tree(False)
-    assert study_cmd.check_tree(True) == "abc123"
+    assert study_cmd.check_tree(True) == "abc123+dirty"  # allowed, and never mistaken for the clean commit
     monkeypatch.setattr(study_cmd, "git_state", lambda repo: ("abc123", ()))
     assert study_cmd.check_tree(False) == "abc123"
+    monkeypatch.setattr(study_cmd, "git_state", lambda repo: (None, ()))
+    with pytest.raises(ConfigError, match="not a git checkout"):
+        study_cmd.check_tree(False)
+    assert study_cmd.check_tree(True) == "unknown"
 
 
 # -- the rules on made-up records ------------------------------------------------------------------
@@ -125,16 +129,16 @@ def study(tmp_path, tiny_card):
 
 
 def populate(sp, results: Path, kd_reads=("T1", "T1", "T1"), kd_commit=("c1", "c1", "c1"), kd_changed=((), (), ()),
-             kd_data=("d1", "d1", "d1")):
+             kd_data=("d1", "d1", "d1"), commit="c1"):
     root = sp.folder(results) / "runs"
     plans = {c.row: c.plan for c in sp.cells}
     for instance in ("T1", "T2"):
         fake(root / "teachers" / "tiny-bert" / "sst2" / instance, kind="teacher", name="teacher/tiny-bert",
-             model="tiny-bert", instance=instance, preds=flip(0.05, 9), data="d1")
+             model="tiny-bert", instance=instance, preds=flip(0.05, 9), data="d1", commit=commit)
     for seed in range(3):
         base, kd = plans["nokd/tiny"], plans["kd/tiny"]
         fake(root / base.name / f"seed{seed}", name=base.name, seed=seed, recipe_hash=base.hash(seed),
-             teachers=[{"card": "tiny-bert", "weight": 1.0}], preds=flip(0.30, seed), data="d1")
+             teachers=[{"card": "tiny-bert", "weight": 1.0}], preds=flip(0.30, seed), data="d1", commit=commit)
         fake(root / kd.name / f"seed{seed}", name=kd.name, seed=seed, recipe_hash=kd.hash(seed),
              terms=["hinton_kd"], commit=kd_commit[seed], changed=kd_changed[seed], data=kd_data[seed],
              teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": kd_reads[seed]}], preds=flip(0.10, seed + 3))
@@ -157,13 +161,14 @@ def test_clean_study_gives_stats_retention_and_marks(study):
 
 def test_other_teacher_instance_commit_and_dirty_tree_are_left_out(study):
     sp, results = study
-    populate(sp, results, kd_reads=("T1", "T1", "T2"), kd_commit=("c1", "c0", "c1"),
-             kd_changed=((), (), ()))
+    populate(sp, results, kd_reads=("T1", "T1", "T2"))
     kd = build_table(sp, results).row("kd/tiny").cells["sst2"]
-    assert kd.seeds == (0,)
-    reasons = {e.seed: e.reason for e in kd.excluded}
-    assert "from commit c0" in reasons[1]
-    assert "not the study's instance" in reasons[2]
+    assert kd.seeds == (0, 1)
+    assert "instance T2" in kd.excluded[0].reason and "another instance of this teacher" in kd.excluded[0].reason
+    kd_seed(sp, results, 2)  # reads T1 now
+    kd_seed(sp, results, 0, commit="c0")
+    kd = build_table(sp, results).row("kd/tiny").cells["sst2"]
+    assert kd.seeds == (1, 2) and "from commit c0" in kd.excluded[0].reason
 
 
 def test_stray_records_do_not_choose_the_study_commit(study):
@@ -174,7 +179,7 @@ def test_stray_records_do_not_choose_the_study_commit(study):
              seed=i, data="d1")
     t = build_table(sp, results)
     assert t.commit == "c1" and t.row("kd/tiny").cells["sst2"].n == 3
-    assert sum("from commit c9" in n for n in t.notes) == 9  # each said, none counted
+    assert any(n.startswith("9 records under the study's folder belong to no cell") for n in t.notes)
 
 
 def test_a_record_of_other_task_data_is_left_out(study):
@@ -226,6 +231,139 @@ def test_one_clean_seed_pair_gets_a_difference_and_no_claim(study):
     assert np.isnan(kd.vs_baseline.p) and np.isnan(kd.vs_baseline.p_holm)
     # still first by its clean seed (90 against 70), but one run proves nothing: a tie, not bold
     assert kd.mark == "tie" and kd.mark_vs == "nokd/tiny" and t.row("nokd/tiny").cells["sst2"].mark == "tie"
+
+
+def kd_seed(sp, results, seed, **fields) -> Path:
+    """(Re)write one seed of the KD row; ``fields`` override the record's (teachers, train, commit ...)."""
+    plan = next(c.plan for c in sp.cells if c.row == "kd/tiny")
+    folder = sp.folder(results) / "runs" / plan.name / f"seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    args = dict(name=plan.name, seed=seed, recipe_hash=plan.hash(seed), terms=["hinton_kd"], data="d1",
+                teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": "T1"}], preds=flip(0.10, seed + 3))
+    fake(folder, **(args | fields))
+    return folder
+
+
+def reasons(t, row="kd/tiny"):
+    return {e.seed: e.reason for e in t.row(row).cells["sst2"].excluded}
+
+
+def test_seeds_and_recipes_outside_the_study_get_no_vote(study):
+    """Four records of seeds the study does not list, read T2 at commit c0: they outnumber its own
+    three, but neither the commit nor the teacher instance follows them."""
+    sp, results = study
+    populate(sp, results)
+    for seed in range(3, 7):
+        kd_seed(sp, results, seed, commit="c0", teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": "T2"}])
+    kd_seed(sp, results, 2, recipe_hash="f" * 12)  # a stale recipe: left out, no vote either
+    t = build_table(sp, results)
+    assert t.commit == "c1" and t.row("kd/tiny").cells["sst2"].seeds == (0, 1)
+    assert all("not one of the study's" in reasons(t)[s] for s in range(3, 7))
+    assert "resolved recipe differs" in reasons(t)[2]
+    assert [r.cells["sst2"].n for r in t.rows if r.kind == "teacher"] == [1]
+
+
+def test_the_teacher_most_students_read_is_the_studys_whatever_the_folder_order(study):
+    sp, results = study
+    populate(sp, results, kd_reads=("T2", "T2", "T1"))  # T1's folder sorts first; T2 is read more
+    t = build_table(sp, results)
+    assert t.row("kd/tiny").cells["sst2"].seeds == (0, 1)
+    assert "instance T1" in reasons(t)[2]
+
+
+def test_votes_that_tie_choose_nothing_and_say_so(study):
+    sp, results = study
+    populate(sp, results, kd_reads=("T1", "T2", "T3"))  # one read each; T3 has no teacher record at all
+    t = build_table(sp, results)
+    r = reasons(t)
+    assert t.row("kd/tiny").cells["sst2"].n == 0
+    assert "split evenly between instances" in r[0] and "split evenly between instances" in r[1]
+    assert "no record of that instance is in the study" in r[2]
+    assert not [row for row in t.rows if row.kind == "teacher"]
+
+
+def test_a_teacher_entry_without_instance_is_left_out(study):
+    sp, results = study
+    populate(sp, results)
+    kd_seed(sp, results, 1, teachers=[{"card": "tiny-bert", "weight": 1.0}])
+    assert "names no teacher instance" in reasons(build_table(sp, results))[1]
+
+
+def train(examples: int, epochs: float) -> dict:
+    return {"train_examples": examples, "steps": 10, "epochs": epochs, "examples_seen": int(examples * epochs),
+            "wall_time_s": 1.0, "samples_per_s": 1.0, "world_size": 1, "precision": "float32", "loss_history": []}
+
+
+def test_one_budget_per_cell_and_a_split_cell_keeps_none(study):
+    sp, results = study
+    populate(sp, results)
+    kd_seed(sp, results, 1, train=train(1000, 2.0))
+    t = build_table(sp, results)
+    assert t.row("kd/tiny").cells["sst2"].seeds == (0, 2)
+    assert "its budget (task 1.0k ex x 2 ep) differs from its cell's (task 2.0k ex x 2 ep)" in reasons(t)[1]
+    kd_seed(sp, results, 2, train=train(3000, 2.0))  # three seeds, three budgets: no budget is the cell's
+    t = build_table(sp, results)
+    assert t.row("kd/tiny").cells["sst2"].n == 0
+    assert all("split evenly between budgets" in reasons(t)[s] for s in range(3))
+
+
+def stage(sp, results, instance: str, reads: str, commit="c1") -> None:
+    """An assistant stage record (a chain's middle model) that read teacher instance ``reads``."""
+    fake(sp.folder(results) / "runs" / "stages" / "sst2" / instance, commit=commit, kind="stage", terms=["hinton_kd"],
+         name="stage/tiny", model="tiny-assistant", instance=instance, data="d1", train=train(500, 1.0),
+         teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": reads}])
+
+
+def via(instance: str) -> list[dict]:
+    return [{"stage": "stage/tiny", "weight": 1.0, "instance": instance}]
+
+
+def test_a_chain_student_reads_its_assistants_teacher(study):
+    """Every KD seed learns from an assistant that learned from T2: T2 is the study's teacher (read
+    through the stage), retention is against it, and the row's budget counts the assistant's training."""
+    sp, results = study
+    populate(sp, results)
+    stage(sp, results, "S1", reads="T2")
+    for seed in range(3):
+        kd_seed(sp, results, seed, teachers=via("S1"))
+    t = build_table(sp, results)
+    kd = t.row("kd/tiny").cells["sst2"]
+    assert kd.seeds == (0, 1, 2) and kd.retention == pytest.approx(100 * 0.9 / 0.95)
+    assert kd.budget == "assistant tiny-assistant (task 500 ex x 1 ep); task 2.0k ex x 2 ep"
+    assert any("T1" in n and "another instance" in n for n in t.notes)
+
+
+def test_an_assistant_that_read_another_teacher_or_commit_is_left_out_with_its_students(study):
+    sp, results = study
+    populate(sp, results)  # seeds 0 and 1 read T1 directly: T1 is the study's
+    stage(sp, results, "S1", reads="T2")
+    kd_seed(sp, results, 2, teachers=via("S1"))
+    t = build_table(sp, results)
+    assert t.row("kd/tiny").cells["sst2"].seeds == (0, 1)
+    assert "assistant stage stage/tiny (instance S1) is left out" in reasons(t)[2]
+    assert "instance T2" in reasons(t)[2]
+    stage(sp, results, "S2", reads="T1", commit="c0")
+    kd_seed(sp, results, 2, teachers=via("S2"))
+    assert "from commit c0" in reasons(build_table(sp, results))[2]
+    kd_seed(sp, results, 2, teachers=via("S9"))  # no record of the stage at all
+    assert "S9) is left out: no record of that instance" in reasons(build_table(sp, results))[2]
+
+
+def test_records_outside_git_count_as_dirty(study):
+    sp, results = study
+    populate(sp, results, kd_commit=(None, None, None), commit=None)
+    strict = build_table(sp, results)
+    assert strict.row("kd/tiny").cells["sst2"].n == 0 and "outside a git checkout" in reasons(strict)[0]
+    loose = build_table(sp, results, allow_dirty=True)
+    assert loose.row("kd/tiny").cells["sst2"].n == 3 and loose.dirty
+
+
+def test_a_commit_vote_that_ties_keeps_nothing(study):
+    sp, results = study
+    populate(sp, results, kd_commit=("c2", "c2", "c2"))  # no-KD's three at c1, KD's three at c2
+    t = build_table(sp, results)
+    assert t.row("kd/tiny").cells["sst2"].n == 0 and t.row("nokd/tiny").cells["sst2"].n == 0
+    assert "split evenly between commits" in reasons(t)[0]
 
 
 def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
@@ -287,6 +425,7 @@ def test_retention_is_against_the_strongest_teacher_read():
     teachers = {("mpnet", "sst2", ()): teacher(0.93, "M"), ("minilm", "sst2", ()): teacher(0.91, "L"),
                 ("mpnet", "rte", ()): teacher(0.70, "R")}
     rules = SimpleNamespace(teachers=teachers)
+    rules.card_reads = lambda m: Rules.card_reads(SimpleNamespace(_all_stages={}), m)
     both = run_record(teachers=[{"card": "minilm", "weight": 0.5, "instance": "L"},
                                 {"card": "mpnet", "weight": 0.5, "instance": "M"}])
     assert Rules.teacher_for(rules, both) is teachers[("mpnet", "sst2", ())]  # not the first listed
@@ -318,7 +457,7 @@ def test_two_architectures_under_one_model_label_are_refused(study, tmp_path):
 def test_budget_sums_progressive_blocks_so_seeds_of_one_budget_agree():
     """Blocks sharing 3 epochs along one batch stream: which block gets an epoch's short last batch is
     the seed's draw (0.501 / 0.499 of an epoch); the phase's budget is their sum either way."""
-    from harness.study_rules import budget
+    from harness.study_records import budget
 
     def stage(phase, seen, steps=134):
         return {"phase": phase, "train_examples": 8551, "steps": steps, "epochs": round(seen / 8551, 3),
@@ -332,3 +471,19 @@ def test_budget_sums_progressive_blocks_so_seeds_of_one_budget_agree():
     a, b = rec([4288, 4263] * 3), rec([4263, 4288, 4288, 4263, 4288, 4263])
     assert budget(a) == budget(b) == "progressive full ex x 3 ep over 6 blocks; final full ex x 3 ep"
     assert budget(rec([4288] * 6)) != budget(a)  # a block more is another budget
+
+
+def test_code_state_keeps_dirty_and_unknown_records_apart_from_clean_ones(tmp_path):
+    """A clean study run at c1 never reuses (skips, copies) a record a dirty run wrote at c1."""
+    from harness.records import code_state, record_commit, twin_record
+
+    assert code_state("c1", ()) == "c1" and code_state("c1", ("a.py",)) == "c1+dirty"
+    assert code_state(None, ()) == "unknown"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "env.json").write_text(json.dumps({"git_commit": "c1", "git_dirty": True}))  # before git_changed
+    assert record_commit(old) == "c1+dirty"
+    fake(tmp_path / "studies" / "a" / "runs" / "r" / "seed0", changed=("harness/x.py",), data="d1")
+    found = twin_record(tmp_path / "studies" / "b", Path("runs/r/seed0"), "0" * 12, "c1", "d1")
+    assert found is None
+    assert twin_record(tmp_path / "studies" / "b", Path("runs/r/seed0"), "0" * 12, "c1+dirty", "d1") is not None

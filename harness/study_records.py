@@ -1,0 +1,61 @@
+"""A study's records as its rules (:mod:`harness.study_rules`) read them: each with the code state it
+was written at, what it read, and what its training cost (its budget)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.losses import TERMS
+from harness.records import load_records
+from harness.run_record import RunRecord
+from harness.tasks import get_task
+
+
+@dataclass(frozen=True)
+class Rec:
+    folder: str  # relative to the study's folder
+    record: RunRecord
+    commit: str | None
+    changed: tuple[str, ...]  # tracked files that differed from the commit (a dirty tree)
+
+
+def read_study_records(folder: Path) -> list[Rec]:
+    out = []
+    if not (folder / "runs").is_dir():
+        return out
+    for rel, m in load_records(folder):
+        env = json.loads((folder / rel / "env.json").read_text())
+        out.append(Rec(str(rel), m, env["git_commit"], tuple(env["git_changed"])))
+    return out
+
+
+def reads_teacher(m: RunRecord) -> bool:
+    return any(TERMS.get(t).needs_teacher for t in m.terms)
+
+
+def teacher_key(m: RunRecord) -> tuple[str, str, tuple[str, ...]]:
+    """What a teacher is, apart from its weights: card, task, and the cards it was co-finetuned with."""
+    return m.model, m.task, tuple(m.cofinetuned_with or ())
+
+
+def budget(m: RunRecord) -> str:
+    """Every phase's examples and epochs, e.g. 'progressive full ex x 3 ep over 6 blocks; final full ex
+    x 3 ep'.  A progressive phase's epochs are its blocks' summed: blocks that share the phase's epochs
+    along one batch stream differ by an epoch's short last batch, and which block gets it is the seed's
+    draw, so one block's figure (0.499 or 0.501) would tell seeds of one budget apart."""
+    stages = m.train.phases or [m.train]
+    by_phase: dict[str, list] = {}
+    for s in stages:
+        by_phase.setdefault(s.phase or "task", []).append(s)
+    parts = []
+    for name, ss in by_phase.items():
+        cap = ss[0].train_examples
+        full = name != "general" and cap >= get_task(m.task).train_size
+        part = f"{name} {'full' if full else _k(cap)} ex x {round(sum(s.epochs for s in ss), 2):g} ep"
+        parts.append(part + (f" over {len(ss)} blocks" if len(ss) > 1 else ""))
+    return "; ".join(parts)
+
+
+def _k(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
