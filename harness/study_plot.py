@@ -22,6 +22,7 @@ PANELS = (
     ("params", "params", "parameters, millions", 1e-6, "no parameter count"),
 )
 LABEL_CHARS = 28  # a point's label: long keys would cover the neighbouring points
+LABEL_GAP = 0.04  # between two labels' centres, in axes fractions (a 7-point line is about 0.02 of a panel)
 
 
 def frontier(points: list[tuple[str, float, float]]) -> set[str]:
@@ -96,14 +97,40 @@ def draw_panel(ax, frame: pd.DataFrame, panel: str, attr: str, scale: float, n_t
         # a step: past a frontier point's cost, the best score on offer stays its score until the next
         ax.step(on[attr].astype(float) * scale, on.avg.astype(float) * 100, where="post", color="0.4",
                 linestyle="--", label="Pareto frontier")
-    for xi, yi, key in zip(x, y, drawn.row):
-        ax.annotate(short_label(key), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
     for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
         # "4", "10" rather than 4x10^0; LogFormatter drops the minor labels itself when a range is wide
         axis(LogFormatter(labelOnlyBase=False))
-    ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
+    ax.margins(x=0.25, y=0.1)  # room for the labels of the outermost points
+    label_points(ax, list(x), list(y), list(drawn.row))
     ax.legend(fontsize=8, loc="best")
+
+
+def label_points(ax, x: list[float], y: list[float], keys: list[str]) -> None:
+    """Each point's label just right of it, at its height where it can be, else moved up or down just
+    enough that no two labels overlap, with a thin line back to its point: a study's students often
+    share one size, and ten labels at one x would print over each other."""
+    ax.autoscale_view()  # the limits, before data points become axes fractions
+    to_axes = ax.transData + ax.transAxes.inverted()  # scale and limits only: the layout does not move it
+    at = [to_axes.transform((xi, yi)) for xi, yi in zip(x, y)]
+    order = sorted(range(len(at)), key=lambda i: at[i][1])
+    for i, height in zip(order, spread([at[i][1] for i in order], LABEL_GAP)):
+        ax.annotate(short_label(keys[i]), xy=(x[i], y[i]), xytext=(at[i][0] + 0.02, height),
+                    textcoords="axes fraction", fontsize=7, va="center",
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
+
+
+def spread(heights: list[float], gap: float, low: float = 0.02, high: float = 0.98) -> list[float]:
+    """Ascending label heights (axes fractions) moved as little as keeps ``gap`` between neighbours:
+    pushed up from the lowest, then, where the run overflows ``high``, pushed down from the top."""
+    out: list[float] = []
+    for h in heights:
+        out.append(max(h, low) if not out else max(h, out[-1] + gap))
+    if out and out[-1] > high:
+        out[-1] = high
+        for i in range(len(out) - 2, -1, -1):
+            out[i] = min(out[i], out[i + 1] - gap)
+    return out
 
 
 def write_pareto(table: StudyTable, folder: Path) -> list[Path]:

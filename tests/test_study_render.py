@@ -266,3 +266,13 @@ def test_a_suspect_latency_is_marked_everywhere(tmp_path):
     assert r"4.1\textsuperscript{\S}" in paths[2].read_text()
     p = pd.read_csv(paths[4], keep_default_na=False, na_values=[""]).set_index("row")
     assert not p.on_frontier_latency[BASELINE] and "kept off the latency frontier" in p.notes[BASELINE]
+
+
+def test_labels_spread_apart_as_little_as_needed():
+    from harness.study_plot import spread
+
+    assert spread([0.1, 0.5, 0.9], 0.04) == [0.1, 0.5, 0.9]  # far apart: each at its point
+    got = spread([0.5, 0.5, 0.51, 0.9], 0.04)
+    assert got[0] == 0.5 and all(b - a >= 0.04 - 1e-12 for a, b in zip(got, got[1:])) and got[3] == 0.9
+    top = spread([0.97, 0.97, 0.98], 0.04)  # a run at the top is pushed down, not off the panel
+    assert top[-1] == 0.98 and all(b - a >= 0.04 - 1e-12 for a, b in zip(top, top[1:]))
