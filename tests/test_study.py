@@ -349,6 +349,26 @@ def test_an_assistant_that_read_another_teacher_or_commit_is_left_out_with_its_s
     assert "S9) is left out: no record of that instance" in reasons(build_table(sp, results))[2]
 
 
+def test_cofinetuned_copies_of_one_card_are_three_teachers(study):
+    """MT-BERT's three co-finetuned copies of one card: one teacher each (told apart by whom they were
+    co-finetuned with), all read by every student, so all kept; a student that read a copy of another
+    joint run is left out."""
+    sp, results = study
+    populate(sp, results)
+    names = [f"tiny-bert (seed {i})" for i in range(3)]
+    for i, instance in enumerate(("C0", "C1", "C2")):
+        fake(sp.folder(results) / "runs" / "teachers" / "tiny-bert" / "sst2" / f"co-x-seed{i}", kind="teacher",
+             name="teacher/tiny-bert", model="tiny-bert", instance=instance, data="d1", preds=flip(0.05 + i / 100, 9),
+             cofinetuned_with=names[:i] + names[i + 1:])
+    joint = [{"card": "tiny-bert", "weight": 1 / 3, "instance": c} for c in ("C0", "C1", "C2")]
+    for seed in range(3):
+        kd_seed(sp, results, seed, teachers=joint if seed < 2 else joint[:2] + [joint[2] | {"instance": "C9"}])
+    t = build_table(sp, results)
+    assert t.row("kd/tiny").cells["sst2"].seeds == (0, 1) and "instance C9" in reasons(t)[2]
+    co = [r for r in t.rows if r.kind == "teacher" and "co-finetuned" in r.key]
+    assert len(co) == 3 and t.row("kd/tiny").cells["sst2"].retention == pytest.approx(100 * 0.9 / 0.95)
+
+
 def test_records_outside_git_count_as_dirty(study):
     sp, results = study
     populate(sp, results, kd_commit=(None, None, None), commit=None)
