@@ -19,7 +19,7 @@ import numpy as np
 from harness.archspeed_result import find_row, model_speed
 from harness.records import read_predictions
 from harness.study import StudyPlan
-from harness.study_records import Rec, read_study_records
+from harness.study_records import Rec, capped, read_study_records
 from harness.study_rules import Rules
 from harness.study_stats_core import collapse, holm_family, paired_comparison
 from harness.study_table import ALPHA, Cell, Diff, Exclusion, Row, StudyTable
@@ -64,7 +64,8 @@ class _Builder:
         mean = float(np.mean([r.record.score for r in recs])) if recs else None
         retention = 100 * mean / teacher.record.score if teacher and mean is not None and teacher.record.score > 0 else None
         return Cell(tuple(r.record.seed for r in recs), tuple(r.record.score for r in recs), retention,
-                    tuple(flags), tuple(excluded), budget=self.rules.budget(recs[0]) if recs else "")
+                    tuple(flags), tuple(excluded), budget=self.rules.budget(recs[0]) if recs else "",
+                    capped=any(capped(r.record) for r in recs))
 
     def clean(self, row: str, task: str) -> dict[int, Splits]:
         """A cell's seeds that may take part in a significance claim: kept and not collapsed."""

@@ -39,6 +39,13 @@ def teacher_key(m: RunRecord) -> tuple[str, str, tuple[str, ...]]:
     return m.model, m.task, tuple(m.cofinetuned_with or ())
 
 
+def capped(m: RunRecord) -> bool:
+    """Whether a phase that trains on the task saw fewer examples than GLUE's training set holds (a
+    general phase reads a corpus: its size is no cap)."""
+    return any(s.phase != "general" and s.train_examples < get_task(m.task).train_size
+               for s in (m.train.phases or [m.train]))
+
+
 def budget(m: RunRecord) -> str:
     """Every phase's examples and epochs, e.g. 'progressive full ex x 3 ep over 6 blocks; final full ex
     x 3 ep'.  A progressive phase's epochs are its blocks' summed: blocks that share the phase's epochs

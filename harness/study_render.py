@@ -19,7 +19,7 @@ from harness.tasks import get_task
 
 MARKS = (None, "best", "tie")
 CSV_COLUMNS = ["row", "kind", "model", "baseline", "params", "latency_ms", "latency_suspect",
-               "budget", "cell_budget", "task", "n",
+               "budget", "cell_budget", "capped", "task", "n",
                "seeds", "scores", "mean", "std", "retention", "flags", "flagged_share", "clean_mean", "n_pairs",
                "diff_mean", "diff_low", "diff_high", "p", "p_holm", "method", "n_boot", "mark", "mark_vs",
                "mark_p_holm", "excluded", "excluded_reasons",
@@ -46,15 +46,18 @@ def cell_text(cell: Cell, row: Row, marks: list[int], style: Style, dirty: bool,
         parts.append(f"ret {cell.retention:.1f}{style.percent}")
     if cell.vs_baseline is not None:
         parts.append(diff_text(cell.vs_baseline, style, tag_method, cell.n))
-    if cell.budget and cell.budget != row.usual_budget:  # the row's Budget column holds the usual one
-        parts.append(style.text(cell.budget))
     if dirty:
         parts.append("dirty")
     return style.stack(parts)
 
 
+def capped_tasks(table: StudyTable) -> list[str]:
+    return [t for t in table.tasks if any(t in r.cells and r.cells[t].capped for r in table.rows)]
+
+
 def header(table: StudyTable) -> list[str]:
-    tasks = [f"{get_task(t).display} ({headline_name(t)})" for t in table.tasks]
+    capped = capped_tasks(table)
+    tasks = [f"{get_task(t).display} ({headline_name(t)})" + (" capped" if t in capped else "") for t in table.tasks]
     return ["Row", "Model", "Params (M)", "CPU ms (b1, L128)", "Budget", *tasks, "Avg"]
 
 
@@ -110,6 +113,11 @@ def symbol_notes(table: StudyTable, style: Style) -> list[str]:
         out.append(f"{style.marks(style.dagger)}: one per collapsed seed (one class: the majority class's share of "
                    "predictions; flat: std of predictions over std of labels), kept in the mean and shown, never "
                    "counted for best or significance: " + "; ".join(flagged) + ".")
+    capped = [get_task(task).display for task in capped_tasks(table)]
+    if capped:
+        out.append(f"capped: {t(', '.join(capped))}: trained on fewer examples than GLUE's training set holds "
+                   "(each row's Budget names how many, for every phase; the teacher row, its own), so these columns "
+                   "are not comparable with full-data results elsewhere.")
     suspect = [r.key for r in table.rows if r.latency_suspect]
     if suspect:
         out.append(f"{style.warn.strip()}: CPU latency measured slower than a deeper model of the same width, "
@@ -130,8 +138,8 @@ def notes(table: StudyTable, style: Style) -> list[str]:
                if table.commit else "Commit: unknown (not run from a git checkout).")
     out.append(f"Cells: the task's dev-set headline x 100 (its metric in the header), mean{style.pm}std over "
                "seeds; (n=k): the seeds whose records passed every check; ret: retention, the cell's mean as a "
-               "share of its (strongest) teacher's. Budget: what every phase of the row's runs cost; a cell whose "
-               "runs cost otherwise says its own. Avg: mean over the row's tasks, '(k of n)' when it lacks some of "
+               "share of its (strongest) teacher's. Budget: what every phase of the row's runs cost, and in "
+               "brackets the tasks whose runs cost otherwise (the CSV gives every cell's own). Avg: mean over the row's tasks, '(k of n)' when it lacks some of "
                "the table's.")
     return out + symbol_notes(table, style) + [style.text(n) for n in table.notes]
 
@@ -181,7 +189,7 @@ def csv_frame(table: StudyTable) -> pd.DataFrame:
             c = row.cells[task]
             lines.append({
                 "row": row.key, "kind": row.kind, "model": row.model, "baseline": row.baseline, "params": row.params,
-                "latency_ms": row.latency_ms, "latency_suspect": row.latency_suspect, "budget": row.budget, "cell_budget": c.budget, "task": task, "n": c.n,
+                "latency_ms": row.latency_ms, "latency_suspect": row.latency_suspect, "budget": row.budget, "cell_budget": c.budget, "capped": c.capped, "task": task, "n": c.n,
                 # repr: the shortest text that reads back as the same float
                 "seeds": ";".join(map(str, c.seeds)), "scores": ";".join(map(repr, c.scores)), "mean": c.mean,
                 "std": c.std, "retention": c.retention,

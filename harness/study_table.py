@@ -58,6 +58,7 @@ class Cell:
     mark_test: Diff | None = None  # the best cell's test against the runner-up (Holm across the tasks)
     mark_vs: str | None = None  # the runner-up's row
     budget: str = ""  # what every phase of this cell's runs cost, e.g. "task 4.0k ex x 2 ep"
+    capped: bool = False  # a task phase saw fewer examples than GLUE's training set holds
 
     @property
     def n(self) -> int:

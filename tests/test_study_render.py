@@ -276,3 +276,15 @@ def test_labels_spread_apart_as_little_as_needed():
     assert got[0] == 0.5 and all(b - a >= 0.04 - 1e-12 for a, b in zip(got, got[1:])) and got[3] == 0.9
     top = spread([0.97, 0.97, 0.98], 0.04)  # a run at the top is pushed down, not off the panel
     assert top[-1] == 0.98 and all(b - a >= 0.04 - 1e-12 for a, b in zip(top, top[1:]))
+
+
+def test_a_capped_task_is_named_in_its_header_and_a_note():
+    from harness.study_render import header, markdown
+
+    table = study()
+    base = next(r for r in table.rows if r.baseline)
+    capped_row = dataclasses.replace(base, cells=base.cells | {"sst2": dataclasses.replace(base.cells["sst2"], capped=True)})
+    table = dataclasses.replace(table, rows=tuple(capped_row if r is base else r for r in table.rows))
+    assert [h for h in header(table) if "capped" in h] == ["SST-2 (Acc) capped"]
+    assert "- capped: SST-2: trained on fewer examples than GLUE's training set holds" in markdown(table)
+    assert "capped" not in " ".join(header(study())) and "- capped:" not in markdown(study())
