@@ -97,9 +97,9 @@ def cmd_tables(args) -> int:
 
 def cmd_verify(args) -> int:
     """Check every record against the RunRecord schema, and its metrics against its predictions."""
-    from harness.records import RecordError, matches_predictions, record_folders
+    from harness.records import RecordError, every_record_folder, matches_predictions
 
-    records = record_folders(args.results_dir)
+    records = every_record_folder(args.results_dir)
     bad = 0
     for folder in records:
         try:

@@ -56,8 +56,9 @@ def _record_parsers(add) -> None:
     """What reads the records: tables, verify, records, compare, list, retime, cache."""
     add("tables", "rebuild results/glue.{md,csv} and results/speed.{md,csv} from the run records",
         results=True)
-    add("verify", "check each record against the RunRecord schema, and recompute its metrics from its "
-                              "predictions and compare", results=True)
+    add("verify", "check each record (results/runs and every study's, results/studies/*/runs) against the "
+                              "RunRecord schema, and recompute its metrics from its predictions and compare",
+        results=True)
     rec = add("records", "the run records' schema: 'schema' writes its JSON Schema, 'migrate' "
                                       "rewrites records stored under an older schema version", results=True)
     rec.add_argument("action", choices=["schema", "migrate"])

@@ -195,15 +195,22 @@ def record_folders(results_dir: Path) -> list[Path]:
                   if f.parent.suffix not in (".tmp", ".old"))
 
 
+def every_record_folder(results_dir: Path) -> list[Path]:
+    """Every complete record of a results folder: its own runs and each study's under ``studies/``."""
+    studies = sorted(p for p in (results_dir / "studies").glob("*") if p.is_dir())
+    return record_folders(results_dir) + [f for s in studies for f in record_folders(s)]
+
+
 def load_records(results_dir: Path) -> list[tuple[Path, RunRecord]]:
     """(folder relative to ``results_dir``, record) for every record, in path order."""
     return [(folder.relative_to(results_dir), read_record(folder)) for folder in record_folders(results_dir)]
 
 
 def migrate(results_dir: Path) -> list[Path]:
-    """Rewrite every record stored under an older schema version in the current one; returns them."""
+    """Rewrite every record stored under an older schema version in the current one (studies' too);
+    returns them."""
     changed = []
-    for folder in record_folders(results_dir):
+    for folder in every_record_folder(results_dir):
         raw = json.loads((folder / "metrics.json").read_text())
         record = read_record(folder)
         if record.to_json() != raw:

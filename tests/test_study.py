@@ -507,3 +507,17 @@ def test_code_state_keeps_dirty_and_unknown_records_apart_from_clean_ones(tmp_pa
     found = twin_record(tmp_path / "studies" / "b", Path("runs/r/seed0"), "0" * 12, "c1", "d1")
     assert found is None
     assert twin_record(tmp_path / "studies" / "b", Path("runs/r/seed0"), "0" * 12, "c1+dirty", "d1") is not None
+
+
+def test_verify_checks_study_records_too(study):
+    """`verify` recomputes every record's metrics from its predictions, the studies' included: a study
+    record whose metrics were edited by hand is caught."""
+    sp, results = study
+    populate(sp, results)
+    assert harness_cli("verify", "--results-dir", str(results)).returncode == 0
+    m = sp.folder(results) / "runs" / next(c.plan.name for c in sp.cells if c.row == "kd/tiny") / "seed0" / "metrics.json"
+    raw = json.loads(m.read_text())
+    raw["dev"]["dev"]["accuracy"] += 0.01
+    m.write_text(json.dumps(raw))
+    bad = harness_cli("verify", "--results-dir", str(results))
+    assert bad.returncode == 1 and "BAD" in bad.stdout and "kd" in bad.stdout
