@@ -15,7 +15,7 @@ from pathlib import Path
 from harness.data import corpus_cap
 from harness.paths import REPO_ROOT
 from harness.recipe_students import student_label
-from harness.records import code_state, git_state, load_records, record_commit, twin_record
+from harness.records import code_state, git_state, load_records, record_commit, short_state, twin_record
 from harness.resolved import RunPlan
 from harness.run_record import RunRecord
 from harness.study import StudyPlan
@@ -121,13 +121,17 @@ def _recorded(folder: Path, commit: str) -> bool:
     return (folder / "metrics.json").exists() and record_commit(folder) == commit
 
 
-def _cell_status(left: list[int], twins: list[int], cost: Cost) -> str:
-    """'done', the time the seeds left to train take, and how many seeds another study's records give."""
+def _cell_status(left: list[int], twins: list[int], cost: Cost, stale: list[str]) -> str:
+    """'done', the time the seeds left to train take, how many seeds another study's records give, and
+    the code states of records a run would replace (another commit, or a dirty tree)."""
     parts = []
     if left:
         parts.append(_duration(cost.seconds) if cost.seconds is not None else "not measured")
     if twins:
         parts.append(f"{len(twins)} seed{'s' * (len(twins) > 1)} to copy from another study")
+    for state in sorted(set(stale)):
+        n = stale.count(state)
+        parts.append(f"{n} seed{'s' * (n > 1)} recorded at {short_state(state)}, to train again at this commit")
     return "; ".join(parts) or "done"
 
 
@@ -142,6 +146,7 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
     lines = [f"study {sp.name}: {len(sp.rows)} rows x {len(sp.study.tasks)} tasks x {len(seeds)} seeds "
              f"(baseline: {sp.study.baseline}); records in {folder}", ""]
     todo_s, todo_ex, missing, commit = 0.0, 0, set(), code_state(*git_state(REPO_ROOT))
+    all_stale: list[str] = []
     for cell in sp.cells:
         rel = {s: Path("runs") / cell.plan.name / f"seed{s}" for s in seeds}
         left = [s for s in seeds if not _recorded(folder / rel[s], commit)]
@@ -150,12 +155,18 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
         twins = [s for s in left if commit and twin_record(folder, rel[s], cell.plan.hash(s), commit, data)]
         left = [s for s in left if s not in twins]
         cost = cell_cost(cell.plan, left, speeds, glue_dir) if left else Cost(0, 0.0)
+        stale = [record_commit(folder / rel[s]) for s in left if (folder / rel[s] / "metrics.json").exists()]
+        all_stale += stale
         todo_ex += cost.examples
         todo_s += cost.seconds or 0.0
         missing |= set(cost.unmeasured)
         lines.append(f"  {cell.row:48s} {get_task(cell.task).display:7s} {done}/{len(seeds)} seeds  "
-                     f"{cost.examples:>10,} ex  {_cell_status(left, twins, cost)}")
+                     f"{cost.examples:>10,} ex  {_cell_status(left, twins, cost, stale)}")
     lines += ["", f"left to train: {todo_ex:,} examples, about {_duration(todo_s)} at the examples/s measured "
                   f"in this harness's records" + (f"; never measured here (not in the estimate): "
                                                   f"{', '.join(sorted(missing))}" if missing else "")]
+    if all_stale:
+        states = ", ".join(f"{short_state(s)}: {all_stale.count(s)}" for s in sorted(set(all_stale)))
+        lines.append(f"recorded at another code state ({states} seeds): a run at {short_state(commit)} trains "
+                     "them again; to go on with a campaign, run it from a checkout of its commit (git worktree)")
     return "\n".join(lines)

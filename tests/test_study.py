@@ -521,3 +521,15 @@ def test_verify_checks_study_records_too(study):
     m.write_text(json.dumps(raw))
     bad = harness_cli("verify", "--results-dir", str(results))
     assert bad.returncode == 1 and "BAD" in bad.stdout and "kd" in bad.stdout
+
+
+def test_plan_says_which_records_another_commit_wrote(study):
+    """Records of another commit are not this commit's: the plan counts them as left to train, and says
+    where they came from (a campaign running from a worktree of its commit, seen from main)."""
+    from harness.study_cost import report
+
+    sp, results = study
+    populate(sp, results)  # every record at commit c1, which is not this checkout's
+    text = report(sp, results, FIXTURE_GLUE)
+    assert "0/3 seeds" in text and "3 seeds recorded at c1, to train again at this commit" in text
+    assert "recorded at another code state (c1: 6 seeds)" in text
