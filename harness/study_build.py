@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.archspeed_result import find_row, model_speed
-from harness.records import read_predictions
+from harness.paths import REPO_ROOT
+from harness.records import code_state, git_state, read_predictions
 from harness.study import StudyPlan
 from harness.study_records import Rec, capped, read_study_records
 from harness.study_rules import Rules
@@ -88,7 +89,7 @@ class _Builder:
             rows.append(Row(row, "student", model, cells, recs[0].record.params.total if recs else None,
                             **_row_budget(cells), baseline=row == sp.study.baseline, **self._latency(model)))
         return StudyTable(sp.name, sp.study.description, tuple(sp.study.tasks), tuple(rows), self.rules.commit,
-                          self.dirty, tuple(self._notes()))
+                          self.dirty, tuple(self._notes()), rendered_at=code_state(*git_state(REPO_ROOT)))
 
     def _exclusions_by_cell(self) -> dict[tuple[str, str], list[Exclusion]]:
         by_name = {c.plan.name: c for c in self.sp.cells}

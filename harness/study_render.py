@@ -134,8 +134,10 @@ def notes(table: StudyTable, style: Style) -> list[str]:
         out.append(style.bold(style.text(
             f"DIRTY TREE: run with --allow-dirty on uncommitted changes to commit {table.commit or 'unknown'}; "
             "no commit reproduces these figures, and every cell says 'dirty'.")))
-    out.append(f"Commit: {style.text(table.commit)}" + (" (with uncommitted changes)" if table.dirty else "")
-               if table.commit else "Commit: unknown (not run from a git checkout).")
+    out.append((f"Commit: {style.text(table.commit)}" + (" (with uncommitted changes)" if table.dirty else "")
+                if table.commit else "Commit: unknown (not run from a git checkout).") +
+               (f"; tables built by the harness at {style.text(table.rendered_at)} from these records"
+                if table.rendered_at and table.rendered_at != table.commit else ""))
     out.append(f"Cells: the task's dev-set headline x 100 (its metric in the header), mean{style.pm}std over "
                "seeds; (n=k): the seeds whose records passed every check; ret: retention, the cell's mean as a "
                "share of its (strongest) teacher's. Budget: what every phase of the row's runs cost, and in "

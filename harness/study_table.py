@@ -112,6 +112,7 @@ class StudyTable:
     commit: str | None
     dirty: bool  # run with --allow-dirty: every cell says so
     notes: tuple[str, ...] = field(default=())  # footnotes: caps, exclusions, what a mark means
+    rendered_at: str | None = None  # the code state (records.code_state) of the harness that built the table
 
     def row(self, key: str) -> Row:
         for r in self.rows:

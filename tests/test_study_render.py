@@ -288,3 +288,12 @@ def test_a_capped_task_is_named_in_its_header_and_a_note():
     assert [h for h in header(table) if "capped" in h] == ["SST-2 (Acc) capped"]
     assert "- capped: SST-2: trained on fewer examples than GLUE's training set holds" in markdown(table)
     assert "capped" not in " ".join(header(study())) and "- capped:" not in markdown(study())
+
+
+def test_the_notes_say_which_harness_built_the_tables():
+    from harness.study_render import markdown
+
+    same = dataclasses.replace(study(), rendered_at="0123abcd")
+    assert "- Commit: 0123abcd\n" in markdown(same)  # built by the records' own commit: nothing to add
+    later = dataclasses.replace(study(), rendered_at="fedc9876")
+    assert "- Commit: 0123abcd; tables built by the harness at fedc9876 from these records" in markdown(later)
