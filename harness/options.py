@@ -14,7 +14,7 @@ class Options:
     teacher_cache: bool = True  # read teacher outputs from the on-disk cache
     checkpoint_every: int = 200  # optimiser steps between checkpoints of a training stage (and each epoch end)
     keep_checkpoints: bool = False  # keep a run's checkpoints once its model and record are written
-    # a study run: the commit every record must come from.  A record (or a cached teacher or stage) of
+    # a study run: the code state (records.code_state) every record must come from.  A record (or a cached teacher or stage) of
     # the same spec from another commit is trained again, and a record of this commit is reused even
     # when its model is not in this cache (a study's records are its claims, committed with it)
     study_commit: str | None = None

@@ -108,16 +108,20 @@ def code_state(commit: str | None, changed: tuple[str, ...] | list[str]) -> str:
 
 def short_state(state: str | None) -> str:
     """A code state for messages: the commit's first 10 characters, and '+dirty' where it has it."""
-    s = str(state)
-    return s[:10] + ("+dirty" if s.endswith("+dirty") else "")
+    commit, plus, tag = str(state).partition("+")
+    return commit[:10] + plus + tag
+
+
+def env_changed(env: dict) -> tuple[str, ...]:
+    """The tracked files an env.json says differed from its commit; records from before ``git_changed``
+    was written say only whether the tree was dirty."""
+    return tuple(env["git_changed"]) if "git_changed" in env else ("(not recorded)",) * bool(env["git_dirty"])
 
 
 def record_commit(folder: Path) -> str:
     """The code state (:func:`code_state`) of the harness that wrote a record, from its env.json."""
     env = json.loads((folder / "env.json").read_text())
-    # records from before git_changed was recorded say only whether the tree was dirty
-    changed = env["git_changed"] if "git_changed" in env else ["(not recorded)"] * bool(env["git_dirty"])
-    return code_state(env["git_commit"], changed)
+    return code_state(env["git_commit"], env_changed(env))
 
 
 def twin_record(study_folder: Path, rel: Path, recipe_hash: str, commit: str, data: str) -> Path | None:

@@ -29,7 +29,7 @@ import torch
 
 from harness.engine import barrier, is_main
 from harness.paths import REPO_ROOT, cache_dir
-from harness.records import git_state
+from harness.records import code_state, git_state, short_state
 
 LATEST = "latest.json"
 _NOTED: set[Path] = set()  # stages whose other-commit checkpoint this process has reported
@@ -41,7 +41,7 @@ class Checkpoints:
 
     root: Path
     every: int  # optimiser steps between saves (each epoch end saves too)
-    commit: str | None = None  # the code that trains now (None: not a git checkout)
+    commit: str | None = None  # the code state that trains now (records.code_state: '+dirty', 'unknown')
     strict: bool = False  # a study's: another commit's checkpoint is not resumed
 
     @classmethod
@@ -49,7 +49,7 @@ class Checkpoints:
         """The checkpoints of the run whose model goes to ``target`` (its final cache folder); a study
         run (``study_commit``) resumes only checkpoints of its own commit."""
         key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:12]
-        commit = study_commit if study_commit is not None else git_state(REPO_ROOT)[0]
+        commit = study_commit if study_commit is not None else code_state(*git_state(REPO_ROOT))
         return cls(cache_dir() / "checkpoints" / f"{target.name}-{key}", every, commit, study_commit is not None)
 
     def stage(self, index: int) -> StageCheckpoint:
@@ -93,8 +93,8 @@ class StageCheckpoint:
             return latest
         if is_main() and self.folder not in _NOTED:
             _NOTED.add(self.folder)
-            print(f"note: the checkpoint in {self.folder} was written by commit {str(was)[:10]}, and this "
-                  f"{'study' if self.strict else 'run'} runs {str(self.commit)[:10]}: " +
+            print(f"note: the checkpoint in {self.folder} was written by commit {short_state(was)}, and this "
+                  f"{'study' if self.strict else 'run'} runs {short_state(self.commit)}: " +
                   ("training the stage from the start" if self.strict else "resuming it anyway"), flush=True)
         return None if self.strict else latest
 

@@ -87,7 +87,7 @@ class _Builder:
             recs = [r for t in sp.study.tasks for r in self.rules.cells.get((row, t), [])]
             model = recs[0].record.model if recs else ""
             rows.append(Row(row, "student", model, cells, recs[0].record.params.total if recs else None,
-                            **_row_budget(cells), baseline=row == sp.study.baseline, **self._latency(model)))
+                            budget=_row_budget(cells), baseline=row == sp.study.baseline, **self._latency(model)))
         return StudyTable(sp.name, sp.study.description, tuple(sp.study.tasks), tuple(rows), self.rules.commit,
                           self.dirty, tuple(self._notes()), rendered_at=code_state(*git_state(REPO_ROOT)))
 
@@ -143,7 +143,7 @@ class _Builder:
         card, co = key
         name = f"teacher: {card}" + (f" (co-finetuned with {', '.join(co)})" if co else "")
         cells = {r.record.task: self.cell([r], []) for r in recs}  # a collapsed teacher is flagged too
-        return Row(name, "teacher", card, cells, recs[0].record.params.total, **_row_budget(cells),
+        return Row(name, "teacher", card, cells, recs[0].record.params.total, budget=_row_budget(cells),
                    **self._latency(card))
 
     def _latency(self, model: str) -> dict:
@@ -155,6 +155,9 @@ class _Builder:
 
     def _notes(self) -> list[str]:
         notes = []
+        if self.rules.commit_tie:
+            notes.append(f"no commit is the study's: its own records split evenly between commits "
+                         f"{', '.join(str(c) for c in self.rules.commit_tie)}, so every record is left out")
         if self.rules.stray:
             notes.append(f"{len(self.rules.stray)} records under the study's folder belong to no cell of it and are "
                          f"left out: {', '.join(self.rules.stray)}")
@@ -170,15 +173,14 @@ class _Builder:
         return notes
 
 
-def _row_budget(cells: dict[str, Cell]) -> dict[str, str]:
-    """Row fields: the budget most of a row's cells share (``usual_budget``), and that with the tasks
-    that differ named (``budget``, e.g. a capped SST-2)."""
+def _row_budget(cells: dict[str, Cell]) -> str:
+    """The budget most of a row's cells share, with the tasks that differ named (e.g. a capped SST-2)."""
     spent = Counter(c.budget for c in cells.values() if c.budget)
     if not spent:
-        return {}
+        return ""
     main = spent.most_common(1)[0][0]
     other = [f"{get_task(t).display}: {c.budget}" for t, c in cells.items() if c.budget and c.budget != main]
-    return {"budget": main + (f" ({'; '.join(other)})" if other else ""), "usual_budget": main}
+    return main + (f" ({'; '.join(other)})" if other else "")
 
 
 def build_table(sp: StudyPlan, results_dir: Path, allow_dirty: bool = False) -> StudyTable:

@@ -131,7 +131,7 @@ def _cell_status(left: list[int], twins: list[int], cost: Cost, stale: list[str]
         parts.append(f"{len(twins)} seed{'s' * (len(twins) > 1)} to copy from another study")
     for state in sorted(set(stale)):
         n = stale.count(state)
-        parts.append(f"{n} seed{'s' * (n > 1)} recorded at {short_state(state)}, to train again at this commit")
+        parts.append(f"{n} seed{'s' * (n > 1)} recorded at {short_state(state)}, not this code state")
     return "; ".join(parts) or "done"
 
 
@@ -167,6 +167,10 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
                                                   f"{', '.join(sorted(missing))}" if missing else "")]
     if all_stale:
         states = ", ".join(f"{short_state(s)}: {all_stale.count(s)}" for s in sorted(set(all_stale)))
-        lines.append(f"recorded at another code state ({states} seeds): a run at {short_state(commit)} trains "
-                     "them again; to go on with a campaign, run it from a checkout of its commit (git worktree)")
+        same_commit = {s.partition("+")[0] for s in all_stale} == {commit.partition("+")[0]}
+        lines.append(f"recorded at another code state ({states} seeds) than this checkout's ({short_state(commit)}): "
+                     + ("it has uncommitted changes, which `study run` refuses (with --allow-dirty it trains "
+                        "those seeds again)" if same_commit else
+                        "a run here trains them again; to go on with a campaign, run it from a checkout of its "
+                        "commit (git worktree)"))
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.losses import TERMS
-from harness.records import load_records
+from harness.records import env_changed, load_records
 from harness.run_record import RunRecord
 from harness.tasks import get_task
 
@@ -26,7 +26,7 @@ def read_study_records(folder: Path) -> list[Rec]:
         return out
     for rel, m in load_records(folder):
         env = json.loads((folder / rel / "env.json").read_text())
-        out.append(Rec(str(rel), m, env["git_commit"], tuple(env["git_changed"])))
+        out.append(Rec(str(rel), m, env["git_commit"], env_changed(env)))
     return out
 
 

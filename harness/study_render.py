@@ -135,7 +135,8 @@ def notes(table: StudyTable, style: Style) -> list[str]:
             f"DIRTY TREE: run with --allow-dirty on uncommitted changes to commit {table.commit or 'unknown'}; "
             "no commit reproduces these figures, and every cell says 'dirty'.")))
     out.append((f"Commit: {style.text(table.commit)}" + (" (with uncommitted changes)" if table.dirty else "")
-                if table.commit else "Commit: unknown (not run from a git checkout).") +
+                if table.commit else "Commit: none (records from outside a git checkout, or split between "
+                                     "commits: see the notes).") +
                (f"; tables built by the harness at {style.text(table.rendered_at)} from these records"
                 if table.rendered_at and table.rendered_at != table.commit else ""))
     out.append(f"Cells: the task's dev-set headline x 100 (its metric in the header), mean{style.pm}std over "

@@ -45,11 +45,13 @@ class Rules:
         self.stray: list[str] = []  # records that belong to no cell
         self._by_name = {c.plan.name: c for c in sp.cells}
         own, others = self._own(sorted(records, key=lambda r: r.folder))
-        voters = own or others
-        self.commit, self._commit_tie = _vote([r.commit for r in voters])
+        # without allow_dirty a dirty record is never kept, so it gets no say in which commit is kept
+        clean = [r for r in own if allow_dirty or (r.commit is not None and not r.changed)]
+        voters = clean or own or others
+        self.commit, self.commit_tie = _vote([r.commit for r in voters])
         self.data = {t: _vote([r.record.data for r in voters if r.record.task == t] or
-                              [r.record.data for r in records if r.record.task == t])
-                     for t in {r.record.task for r in records}}
+                              [r.record.data for r in others if r.record.task == t])  # a task no student has
+                     for t in {r.record.task for r in own + others}}
         self._models = {r.record.instance: r for r in others if r.record.instance}  # teachers and stages
         own = [r for r in own if self._code_ok(r)]
         others = [r for r in others if self._code_ok(r)]
@@ -92,8 +94,8 @@ class Rules:
     def _code_ok(self, r: Rec) -> bool:
         data, data_tie = self.data[r.record.task]
         reason = None
-        if self._commit_tie:
-            reason = f"the study's records split evenly between commits {_listed(self._commit_tie)}: none is the study's"
+        if self.commit_tie:
+            reason = f"the study's records split evenly between commits {_listed(self.commit_tie)}: none is the study's"
         elif r.commit != self.commit:
             reason = f"from commit {str(r.commit)[:10]}; the study's records come from {str(self.commit)[:10]}"
         elif data_tie:
@@ -128,17 +130,19 @@ class Rules:
             by_key.setdefault(teacher_key(t.record), []).append(t)
         for key, recs in by_key.items():
             recs.sort(key=lambda t: (-reads[t.record.instance], t.folder))
-            top = [t for t in recs if reads[t.record.instance] == reads[recs[0].record.instance]]
-            if len(top) > 1 and reads[recs[0].record.instance] > 0:
-                shown = _listed([f"{t.record.instance} (read by {reads[t.record.instance]})" for t in top])
+            top = {t.record.instance for t in recs if reads[t.record.instance] == reads[recs[0].record.instance]}
+            if len(top) > 1:  # as many reads each (none, in a study of no-KD rows): no instance is the study's
+                shown = _listed([f"{i} (read by {reads[i]})" for i in sorted(top)])
                 for t in recs:
-                    self._leave_out(t, f"the study's students split evenly between instances {shown}: none is "
-                                       "the study's")
+                    self._leave_out(t, f"the study's students split evenly between instances {shown} of this "
+                                       "teacher: none is the study's")
                 continue
             self.teachers[key] = recs[0]
             for t in recs[1:]:
-                self._leave_out(t, f"another instance of this teacher ({recs[0].folder}) is the one the study's "
-                                   "students read")
+                same = t.record.instance == recs[0].record.instance
+                self._leave_out(t, f"another record of this instance ({recs[0].folder}) is kept: the same weights, "
+                                   "recorded twice" if same else f"another instance of this teacher ({recs[0].folder}) "
+                                   "is the study's: the one most of its students read")
 
     def _stage_ok(self, instance: str, depth: int = 0) -> bool:
         """Whether an assistant stage is kept: its own reads follow the rules a student's do."""

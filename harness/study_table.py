@@ -93,7 +93,6 @@ class Row:
     latency_ms: float | None = None  # CPU fp32, batch 1, length 128: median of the study's speed measurement
     latency_suspect: bool = False  # measured slower than a deeper twin even after re-measurement
     budget: str = ""  # the row's budget: every phase, with its cap and epochs (cells that differ named)
-    usual_budget: str = ""  # the budget most of its cells share: a cell shows its own only when it differs
     baseline: bool = False
 
     @property

@@ -531,5 +531,90 @@ def test_plan_says_which_records_another_commit_wrote(study):
     sp, results = study
     populate(sp, results)  # every record at commit c1, which is not this checkout's
     text = report(sp, results, FIXTURE_GLUE)
-    assert "0/3 seeds" in text and "3 seeds recorded at c1, to train again at this commit" in text
-    assert "recorded at another code state (c1: 6 seeds)" in text
+    assert "0/3 seeds" in text and "3 seeds recorded at c1, not this code state" in text
+    assert "recorded at another code state (c1: 6 seeds) than this checkout's" in text and "git worktree" in text
+
+
+def test_dirty_records_get_no_vote_without_allow_dirty(study):
+    """Three clean no-KD records at c1 and three dirty KD records at c2: the dirty ones can never be
+    kept, so they cannot make c2 (or a tie) the study's commit."""
+    sp, results = study
+    populate(sp, results, kd_commit=("c2",) * 3, kd_changed=(("harness/x.py",),) * 3)
+    t = build_table(sp, results)
+    assert t.commit == "c1" and t.row("nokd/tiny").cells["sst2"].n == 3
+    assert all("from commit c2" in r for r in reasons(t).values())
+
+
+def test_one_instance_recorded_twice_is_one_teacher(study):
+    sp, results = study
+    populate(sp, results)
+    fake(sp.folder(results) / "runs" / "teachers" / "tiny-bert" / "sst2" / "T1-copy", kind="teacher",
+         name="teacher/tiny-bert", model="tiny-bert", instance="T1", preds=flip(0.05, 9), data="d1")
+    t = build_table(sp, results)
+    assert t.row("kd/tiny").cells["sst2"].n == 3
+    assert any("T1-copy" in n and "the same weights, recorded twice" in n for n in t.notes)
+
+
+def test_teacher_instances_nobody_reads_tie(study):
+    """No student reads a teacher (every KD seed re-recorded as plain fine-tuning): T1 and T2 tie at
+    no reads, so neither is the study's, and nothing is measured against an arbitrary one."""
+    sp, results = study
+    populate(sp, results)
+    for seed in range(3):
+        kd_seed(sp, results, seed, terms=["ce"], teachers=[{"card": "tiny-bert", "weight": 1.0}])
+    t = build_table(sp, results)
+    assert not [r for r in t.rows if r.kind == "teacher"] and t.row("nokd/tiny").cells["sst2"].retention is None
+    assert any("split evenly between instances T1 (read by 0), T2 (read by 0)" in n for n in t.notes)
+
+
+def test_strays_do_not_choose_the_data_of_a_task_no_student_has(study):
+    sp, results = study
+    populate(sp, results)
+    teacher = sp.folder(results) / "runs" / "teachers" / "tiny-bert" / "rte" / "R1"
+    fake(teacher, kind="teacher", name="teacher/tiny-bert", model="tiny-bert", instance="R1", task="rte",
+         data="r1", preds=flip(0.05, 9))
+    for i in range(2):
+        fake(sp.folder(results) / "runs" / "glue" / "rte" / "old" / f"seed{i}", name="glue/rte/old", task="rte",
+             seed=i, data="r2")
+    assert not [n for n in build_table(sp, results).notes if "teachers/tiny-bert/rte" in n and "left out" in n]
+
+
+def test_capped_and_short_states():
+    from harness.records import short_state
+    from harness.study_records import capped
+
+    def rec(task, examples, phase=None):
+        stage = {"phase": phase, "train_examples": examples, "steps": 1, "epochs": 1.0, "examples_seen": examples,
+                 "wall_time_s": 1.0, "samples_per_s": 1.0, "world_size": 1, "precision": "float32",
+                 "loss_history": []}
+        return run_record(task=task, train=stage | ({"phases": [stage]} if phase else {}))
+
+    assert capped(rec("sst2", 4000)) and not capped(rec("rte", 2490)) and not capped(rec("rte", 4000, "general"))
+    assert short_state("c1+dirty") == "c1+dirty" and short_state("0123456789abcdef+dirty") == "0123456789+dirty"
+    assert short_state("0123456789abcdef") == "0123456789" and short_state(None) == "None"
+
+
+def test_a_twin_that_read_another_teacher_instance_is_not_copied(study, monkeypatch):
+    """Another study ran the very cell at this commit, but against a teacher since trained again (this
+    cache holds T9, the twin read T1): its record is not copied, the cell trains here instead."""
+    from harness import runner
+    from harness.glue_files import data_id
+    from harness.options import Options
+    from harness.teacher_prep import ReadyTeacher
+
+    sp, results = study
+    plan = next(c.plan for c in sp.cells if c.row == "kd/tiny")
+    twin = results / "studies" / "other" / "runs" / plan.name / "seed0"
+    fake(twin, name=plan.name, seed=0, recipe_hash=plan.hash(0), terms=["hinton_kd"], commit="c1",
+         data=data_id(plan.task, FIXTURE_GLUE), teachers=[{"card": "tiny-bert", "weight": 1.0, "instance": "T1"}])
+    opts = Options(results_dir=sp.folder(results), glue_dir=FIXTURE_GLUE, study_commit="c1")
+    out = sp.folder(results) / "runs" / plan.name / "seed0"
+
+    def cache_holds(instance):
+        ready = ReadyTeacher(Path("."), "tiny-bert", ["tiny-bert"], None, 0.9, instance)
+        monkeypatch.setattr(runner, "ready_teachers", lambda plan, seed, opts: ([ready], []))
+
+    cache_holds("T9")
+    assert runner._copy_twin(plan, 0, out, opts) is False and not out.exists()
+    cache_holds("T1")
+    assert runner._copy_twin(plan, 0, out, opts) is True and (out / "metrics.json").is_file()
