@@ -16,5 +16,6 @@ for s in zoo soft_ablation multi_teacher; do
   echo "$(date -u +%FT%T) start $s"
   # run from the worktree: `python -m harness` imports the harness of the current folder, its commit's
   $py -m harness study run "studies/$s.yaml" --results-dir "$main/results" >> "/tmp/campaign-$s.log" 2>&1
-  echo "$(date -u +%FT%T) end $s rc=$?"
+  rc=$?  # before the echo: a command substitution there would reset $?
+  echo "$(date -u +%FT%T) end $s rc=$rc"
 done
