@@ -103,8 +103,13 @@ def headline(task: Task | str, metrics: dict[str, float]) -> float:
 
 
 def headline_name(task: Task | str) -> str:
-    """What ``headline`` averages, for table headers: "MCC", "Acc", "F1/Acc", "Pearson/Spearman"."""
-    return "/".join(_METRICS[n][1] for n in metric_names(task))
+    """What the task's headline averages, for table headers: "MCC", "Acc", "F1/Acc", "Pearson/Spearman";
+    over several dev splits it says so: MNLI's is "Acc, mean of matched/mismatched"."""
+    name = "/".join(_METRICS[n][1] for n in metric_names(task))
+    splits = _as_task(task).dev_splits
+    if len(splits) == 1:
+        return name
+    return f"{name}, mean of {'/'.join(s.removeprefix('dev_') for s in splits)}"
 
 
 def task_headline(task: Task | str, metrics_by_split: dict[str, dict[str, float]]) -> float:

@@ -43,25 +43,34 @@ def tasks_with_scores(row: Row, tasks: tuple[str, ...]) -> list[str]:
 
 
 def short_label(key: str) -> str:
-    return key if len(key) <= LABEL_CHARS else key[:LABEL_CHARS - 1] + "…"
+    """At most LABEL_CHARS characters; a trailing collapse mark " †" survives the cut."""
+    mark = " †" if key.endswith(" †") else ""
+    key = key.removesuffix(mark)
+    cut = LABEL_CHARS - len(mark)
+    return (key if len(key) <= cut else key[:cut - 1] + "…") + mark
 
 
 def pareto_frame(table: StudyTable) -> pd.DataFrame:
     """One line per row: its avg, costs, whether it is on each panel's frontier, and why not plotted.
 
     A row whose avg covers fewer tasks than the table's is drawn but kept off the frontiers: an
-    average that skips a hard task would dominate rows that did not skip it."""
+    average that skips a hard task would dominate rows that did not skip it.  So is a row with a
+    collapsed seed: being on the frontier is a claim of "best", which a collapsed seed never supports."""
     lines = [{"row": r.key, "kind": r.kind, "avg": r.avg, "tasks": len(tasks_with_scores(r, table.tasks)),
+              "collapsed": sum(len(c.flags) for c in r.cells.values()),
               "latency_ms": r.latency_ms, "params": r.params, "notes": [],
               "suspect": r.latency_suspect} for r in table.rows]
     for line in lines:
         if line["avg"] is None:
             line["notes"].append("left out of both panels: no task score")
-        elif line["tasks"] < len(table.tasks):
+            continue
+        if line["tasks"] < len(table.tasks):
             line["notes"].append(f"avg over {line['tasks']} of {len(table.tasks)} tasks: drawn, kept off the frontiers")
+        if line["collapsed"]:
+            line["notes"].append(f"{line['collapsed']} collapsed seed(s) in its avg (†): drawn, kept off the frontiers")
     for panel, attr, _, _, lacks in PANELS:
         full = [x for x in lines if x["avg"] is not None and x[attr] is not None and x["tasks"] == len(table.tasks)
-                and not (panel == "latency" and x["suspect"])]
+                and not x["collapsed"] and not (panel == "latency" and x["suspect"])]
         on = frontier([(x["row"], float(x[attr]), x["avg"]) for x in full])
         for line in lines:
             drawn = line["avg"] is not None and line[attr] is not None
@@ -71,7 +80,7 @@ def pareto_frame(table: StudyTable) -> pd.DataFrame:
             elif drawn and panel == "latency" and line["suspect"]:
                 line["notes"].append("latency slower than a deeper twin's after re-measurement: drawn, kept off "
                                      "the latency frontier")
-    frame = pd.DataFrame(lines, columns=["row", "kind", "avg", "tasks", "latency_ms", "params",
+    frame = pd.DataFrame(lines, columns=["row", "kind", "avg", "tasks", "collapsed", "latency_ms", "params",
                                          "on_frontier_latency", "on_frontier_params", "notes"])
     frame["notes"] = frame["notes"].map("; ".join)
     return frame.astype({"params": "Int64"})
@@ -102,7 +111,7 @@ def draw_panel(ax, frame: pd.DataFrame, panel: str, attr: str, scale: float, n_t
         # "4", "10" rather than 4x10^0; LogFormatter drops the minor labels itself when a range is wide
         axis(LogFormatter(labelOnlyBase=False))
     ax.margins(x=0.25, y=0.1)  # room for the labels of the outermost points
-    label_points(ax, list(x), list(y), list(drawn.row))
+    label_points(ax, list(x), list(y), [row + " †" * (n > 0) for row, n in zip(drawn.row, drawn.collapsed)])
     ax.legend(fontsize=8, loc="best")
 
 

@@ -37,11 +37,16 @@ def cell_text(cell: Cell, row: Row, marks: list[int], style: Style, dirty: bool,
         raise ValueError(f"Cell.mark {cell.mark!r} is none of {MARKS}")
     head = style.dash if cell.mean is None else number(cell.mean, style) + (
         f"{style.pm}{100 * cell.std:.1f}" if cell.std is not None else "")
-    head = style.bold(head) if cell.mark == "best" else style.tie + head if cell.mark == "tie" else head
+    clean = number(cell.clean_mean, style) if cell.flags and cell.clean_mean is not None else None
+    # the mark goes on what "best" compared: the clean seeds' mean where the cell has collapsed seeds
+    if clean is None:
+        head = style.bold(head) if cell.mark == "best" else style.tie + head if cell.mark == "tie" else head
+    else:
+        clean = style.bold(clean) if cell.mark == "best" else style.tie + clean if cell.mark == "tie" else clean
     symbols = style.dagger * len(cell.flags) + "".join(f"{style.ddagger}{i}" for i in marks)
     parts = [f"{head} (n={cell.n})" + (style.marks(symbols) if symbols else "")]
-    if cell.flags and cell.clean_mean is not None:  # what "best" and the tests compare
-        parts.append(f"without {style.marks(style.dagger)}: {number(cell.clean_mean, style)} (n={len(cell.clean_scores)})")
+    if clean is not None:  # what "best" and the tests compare
+        parts.append(f"without {style.marks(style.dagger)}: {clean} (n={len(cell.clean_scores)})")
     if cell.retention is not None:
         parts.append(f"ret {cell.retention:.1f}{style.percent}")
     if cell.vs_baseline is not None:
@@ -89,18 +94,21 @@ def symbol_notes(table: StudyTable, style: Style) -> list[str]:
     """What the marks that the table uses mean, each with the cells or records it concerns."""
     cells = [(r, t, r.cells[t]) for r in table.rows for t in table.tasks if t in r.cells]
     diffs = [c.vs_baseline for _, _, c in cells if c.vs_baseline is not None]
+    tests = diffs + [c.mark_test for _, _, c in cells if c.mark_test is not None]
     t = style.text
     out = []
     if diffs:
         base = [r.key for r in table.rows if r.baseline]
-        how = "; ".join(f"{METHODS[m][0]}: {METHODS[m][1]}" for m in sorted({d.method for d in diffs}))
+        how = "; ".join(f"{METHODS[m][0]}: {METHODS[m][1]}" for m in sorted({d.method for d in tests}))
         out.append(f"{style.delta}: the row minus the baseline ({t(', '.join(base) or 'none marked')}) x 100, "
-                   f"paired by seed over the seeds not collapsed in either row, with its 95{style.percent} interval "
-                   f"({t(how)}). p: two-sided, Holm-corrected across the table's comparisons with the baseline "
-                   "(a p that says 'uncorrected' is not); one clean seed pair gets no test.")
+                   f"paired by seed over the seeds not collapsed in either row, with its 95{style.percent} interval, "
+                   f"not corrected for the number of comparisons ({t(how)}). p: two-sided, Holm-corrected across the "
+                   "table's comparisons with the baseline (a p that says 'uncorrected' is not); one clean seed "
+                   "pair gets no interval and no test.")
     contests = [(get_task(task).display, r.key, c) for r, task, c in cells if c.mark_vs is not None]
     if contests:
-        out.append(f"{style.bold('Bold')}: best on the task by the mean of its clean seeds, and better than the "
+        out.append(f"{style.bold('Bold')}: the best student row on the task by the mean of its clean seeds (teacher "
+                   "rows do not compete), and better than the "
                    f"runner-up at a Holm-corrected p below {ALPHA} (paired as {style.delta} is, Holm across the "
                    f"tasks' best-against-runner-up tests); {style.tie.strip()}: the best and the runner-up where "
                    "it is not. Per task: " + "; ".join(
@@ -142,8 +150,9 @@ def notes(table: StudyTable, style: Style) -> list[str]:
     out.append(f"Cells: the task's dev-set headline x 100 (its metric in the header), mean{style.pm}std over "
                "seeds; (n=k): the seeds whose records passed every check; ret: retention, the cell's mean as a "
                "share of its (strongest) teacher's. Budget: what every phase of the row's runs cost, and in "
-               "brackets the tasks whose runs cost otherwise (the CSV gives every cell's own). Avg: mean over the row's tasks, '(k of n)' when it lacks some of "
-               "the table's.")
+               "brackets the tasks whose runs cost otherwise (the CSV gives every cell's own). Avg: mean over the "
+               "row's tasks of the cells' means (collapsed seeds included, as in the cells), '(k of n)' when it "
+               "lacks some of the table's.")
     return out + symbol_notes(table, style) + [style.text(n) for n in table.notes]
 
 

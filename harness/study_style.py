@@ -10,11 +10,13 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.study_table import Diff
+from harness.study_table import MIXED, T_SEEDS, Diff
 
 # Diff.method -> (tag in a cell when a table mixes methods, what its interval is)
-METHODS = {"bootstrap": ("boot", "paired bootstrap over dev examples and seeds"),
-           "t": ("t", "t interval over seeds, paired by seed (n of at least 5)")}
+METHODS = {MIXED: ("boot+t", "2 to 4 seed pairs: the dev examples' variance from a paired bootstrap, one "
+                          "resample for both rows and every seed, plus the seeds' variance of the mean; t with "
+                          "(seeds - 1) degrees of freedom"),
+           T_SEEDS: ("t", "5 or more seed pairs: paired t interval over seeds")}
 _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "%": r"\%", "&": r"\&",
                    "#": r"\#", "$": r"\$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                    # pdflatex's utf8 input knows none of these symbols: math mode does
@@ -77,7 +79,8 @@ def diff_text(d: Diff, style: Style, tag_method: bool, cell_n: int) -> str:
     if math.isnan(d.mean):
         return f"{style.delta} undefined (a seed's score is){pairs}"
     if math.isnan(d.p):
-        return f"{style.delta} {number(d.mean, style, '+')}{pairs}, no test (one seed pair)"
+        why = "one seed pair" if d.n_pairs == 1 else "undefined on every resample of the dev examples"
+        return f"{style.delta} {number(d.mean, style, '+')}{pairs}, no test ({why})"
     p = p_text(d.p_holm) if d.p_holm is not None else p_text(d.p) + " uncorrected"
     tag = f" ({METHODS[d.method][0]})" if tag_method else ""
     mean, low, high = (number(x, style, "+") for x in (d.mean, d.low, d.high))

@@ -1,6 +1,6 @@
 """What a study's table holds, once every record has been checked and every statistic computed.
 
-:mod:`harness.study_stats` builds a :class:`StudyTable` from a study's records; the renderers
+:mod:`harness.study_build` builds a :class:`StudyTable` from a study's records; the renderers
 (:mod:`harness.study_render`) write it as Markdown, CSV, LaTeX and a Pareto plot and compute nothing.
 Scores are fractions (0.853), as in the records; renderers scale them to percentages.
 """
@@ -10,6 +10,7 @@ import statistics
 from dataclasses import dataclass, field
 
 ALPHA = 0.05  # the significance level of every claim a study's table makes
+T_SEEDS, MIXED = "t", "boot+t"  # Diff.method: t over five or more seeds; bootstrap over examples + t over seeds
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,9 @@ class Diff:
     low: float  # 95 % interval
     high: float
     p: float  # two-sided, before correction
-    method: str  # "bootstrap" (dev examples and seeds) or "t" (over seeds, n >= 5)
+    method: str  # MIXED (dev examples bootstrapped, 2-4 seeds) or T_SEEDS (over seeds, n >= 5)
     p_holm: float | None = None  # Holm-corrected across the comparisons of its family (see study_build)
-    n_boot: int | None = None  # the bootstrap's replicates (method "bootstrap")
+    n_boot: int | None = None  # the bootstrap's replicates of the dev examples (method MIXED)
 
 
 @dataclass(frozen=True)

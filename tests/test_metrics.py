@@ -53,7 +53,8 @@ def test_accuracy_tasks(task):
     out = compute_metrics(task, [0, 1, 2, 1] if task == "mnli" else [0, 1, 1, 1],
                           [0, 1, 1, 0] if task == "mnli" else [0, 1, 0, 0])
     assert out == {"accuracy": 0.5}
-    assert headline(task, out) == 0.5 and headline_name(task) == "Acc"
+    assert headline(task, out) == 0.5
+    assert headline_name(task) == ("Acc, mean of matched/mismatched" if task == "mnli" else "Acc")
 
 
 def test_stsb_pearson_spearman_by_hand():
@@ -72,7 +73,7 @@ def test_stsb_pearson_spearman_by_hand():
 
 def test_headline_names():
     assert [headline_name(t) for t in ("cola", "mrpc", "qqp", "stsb", "mnli")] == \
-        ["MCC", "F1/Acc", "F1/Acc", "Pearson/Spearman", "Acc"]
+        ["MCC", "F1/Acc", "F1/Acc", "Pearson/Spearman", "Acc, mean of matched/mismatched"]
     assert metric_names("stsb") == ("pearson", "spearmanr")
 
 

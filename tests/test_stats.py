@@ -11,8 +11,8 @@ from scipy import stats
 
 from harness.metrics import compute_metrics, headline, task_headline
 from harness.batch_metrics import headline_batch
-from harness.study_stats_core import boot_size, collapse, holm, holm_family, paired_comparison
-from harness.study_table import Diff, Flag
+from harness.study_stats_core import collapse, holm, holm_family, paired_comparison, seeds_t
+from harness.study_table import MIXED, T_SEEDS, Diff, Flag
 from harness.tasks import get_task
 
 # A three-class task scored by MCC: no GLUE task is, but the vectorised MCC must handle it.
@@ -144,7 +144,7 @@ def test_t_path_equals_scipy_on_random_mrpc_seeds():
     res = stats.ttest_rel(ha, hb)
     ci = res.confidence_interval(0.95)
     assert diff == Diff(n_pairs=5, mean=pytest.approx(np.mean(np.subtract(ha, hb))), low=pytest.approx(ci.low),
-                        high=pytest.approx(ci.high), p=pytest.approx(res.pvalue), method="t")
+                        high=pytest.approx(ci.high), p=pytest.approx(res.pvalue), method=T_SEEDS)
 
 
 def test_no_common_seed_gives_none():
@@ -158,7 +158,7 @@ def test_identical_systems_give_zero_and_p_one():
         diff = paired_comparison(sst2, runs, runs, n_boot=300)
         assert (diff.mean, diff.low, diff.high, diff.p) == (0.0, 0.0, 0.0, 1.0)
         # no spread over seeds: t would divide by zero, so the bootstrap over dev examples says it
-        assert diff.method == "bootstrap" and diff.n_boot == 300
+        assert diff.method == MIXED and diff.n_boot == 300
 
 
 def test_the_same_difference_on_every_seed_gets_a_finite_interval():
@@ -166,15 +166,43 @@ def test_the_same_difference_on_every_seed_gets_a_finite_interval():
     a = {s: _accuracy_seed(70 + s) for s in range(6)}
     b = {s: _accuracy_seed(65 + s) for s in range(6)}
     diff = paired_comparison(get_task("sst2"), a, b, n_boot=1000)
-    assert diff.method == "bootstrap" and diff.mean == pytest.approx(0.05)
+    assert diff.method == MIXED and diff.mean == pytest.approx(0.05)
     assert 0 < diff.low < 0.05 < diff.high < 0.1 and diff.p < 0.05
 
 
-def test_boot_size_lets_the_smallest_holm_p_reach_a_fifth_of_alpha():
-    assert boot_size(1, 0.05) == 2000  # the base suffices for a few tests
-    n = boot_size(72, 0.05)  # the zoo: 12 rows against the baseline on 6 tasks
-    assert n == 14400 and 72 * 2 / (n + 1) <= 0.05 / 5
-    assert 72 * 2 / (2000 + 1) > 0.05  # what 2000 replicates could never show
+def test_seeds_t_by_hand():
+    # d = 0.02, 0.04, 0.06: mean 0.04, var(d) = 0.0004, / 3 = 0.000133; with v_ex = 0.0004,
+    # se = sqrt(0.000533) = 0.02309, t = 1.732 on 2 df: p = 0.2254, half-width 4.303 * 0.02309 = 0.0994
+    low, high, p = seeds_t(0.04, 0.0004, np.array([0.02, 0.04, 0.06]))
+    assert p == pytest.approx(0.2254, abs=1e-4)
+    assert (low, high) == (pytest.approx(0.04 - 0.09935, abs=1e-4), pytest.approx(0.04 + 0.09935, abs=1e-4))
+    # no example variance: exactly scipy's paired t test over the seeds
+    res = stats.ttest_1samp([0.02, 0.04, 0.06], 0.0)
+    ci = res.confidence_interval(0.95)
+    assert seeds_t(0.04, 0.0, np.array([0.02, 0.04, 0.06])) == (pytest.approx(ci.low), pytest.approx(ci.high),
+                                                                 pytest.approx(res.pvalue))
+    assert seeds_t(0.0, 0.0, np.zeros(3)) == (0.0, 0.0, 1.0)  # nothing varies and nothing differs
+
+
+def _null_table(rng, seeds=3, n=1000, skill=0.75, seed_sd=0.05):
+    """Two rows of the same skill, each seed's skill drawn around it: no true difference."""
+    labels = rng.integers(0, 2, n)
+
+    def seed():
+        right = rng.random(n) < skill + rng.normal(0, seed_sd)
+        return {"dev": (np.where(right, labels, 1 - labels), labels)}
+    return {s: seed() for s in range(seeds)}, {s: seed() for s in range(seeds)}
+
+
+def test_few_seeds_do_not_make_a_null_difference_significant():
+    """Where seeds vary more than the dev examples, resampling 3 seeds with replacement made 18 % of
+    these null comparisons significant at 0.05 (the spread of 3 seeds understated by a third, and 10
+    distinct seed draws); the seeds' own variance on 2 degrees of freedom keeps it at or under 5 %."""
+    rng = np.random.default_rng(0)
+    p = np.array([paired_comparison(get_task("sst2"), *_null_table(rng), n_boot=200, rng_seed=i).p
+                  for i in range(200)])
+    assert np.mean(p < 0.05) <= 0.05
+    assert 0.3 < np.median(p) < 0.8  # not a test that never rejects because it returns p = 1
 
 
 def _better_everywhere(rng, n=200, seeds=(0, 1, 2)):
@@ -188,10 +216,10 @@ def test_bootstrap_system_better_on_every_example():
     a, b = _better_everywhere(np.random.default_rng(5))
     diff = paired_comparison(get_task("sst2"), a, b, n_boot=500)
     observed = np.mean([1 - np.mean(b[s]["dev"][0] == b[s]["dev"][1]) for s in b])
-    assert diff.method == "bootstrap" and diff.n_pairs == 3
+    assert diff.method == MIXED and diff.n_pairs == 3 and diff.n_boot == 500
     assert diff.mean == pytest.approx(observed)
     assert 0 < diff.low < diff.mean < diff.high
-    assert diff.p == pytest.approx(2 / 501)  # no replicate at or below 0: the smallest p 500 replicates give
+    assert diff.p < 0.01
 
 
 def test_bootstrap_is_reproducible_for_a_seed():
@@ -202,29 +230,41 @@ def test_bootstrap_is_reproducible_for_a_seed():
     assert paired_comparison(sst2, a, b, n_boot=400, rng_seed=12) != first
 
 
-def test_bootstrap_pairs_examples_one_seed():
-    # A equals B except 100 of 1000 examples that only A gets right.  Paired per-example differences are
-    # 0/1 with mean 0.1: 95 % width ~ 2 * 1.96 * 0.3 / sqrt(1000) = 0.037 (a 90 % one: 16 % less).
-    # Resampling A and B independently (pairing lost) would give about twice that.  1000 x 2000 cells take two chunks.
+def test_bootstrap_pairs_examples():
+    # A equals B except 100 of 1000 examples that only A gets right, on both seeds alike (no seed
+    # variance: the interval is the examples' alone, on t with 1 df).  Paired per-example differences are
+    # 0/1 with mean 0.1, standard error 0.3 / sqrt(1000): 95 % width 2 * 12.71 * 0.0095 = 0.24.
+    # Resampling A and B independently (pairing lost) would give about twice that.  1000 x 2000 cells
+    # take two chunks.
     labels = np.arange(1000) % 2
     b_pred = np.where(np.arange(1000) < 700, labels, 1 - labels)  # 70 % right
     a_pred = np.where(np.arange(1000) < 800, labels, 1 - labels)  # those and 100 more
-    diff = paired_comparison(get_task("rte"), {0: {"dev": (a_pred, labels)}}, {0: {"dev": (b_pred, labels)}},
-                             n_boot=2000)
-    assert diff.n_pairs == 1 and diff.mean == pytest.approx(0.1)
-    assert diff.high - diff.low == pytest.approx(2 * 1.96 * 0.3 / math.sqrt(1000), rel=0.08)
+    a, b = ({s: {"dev": (pred, labels)} for s in (0, 1)} for pred in (a_pred, b_pred))
+    diff = paired_comparison(get_task("rte"), a, b, n_boot=2000)
+    assert diff.n_pairs == 2 and diff.mean == pytest.approx(0.1)
+    assert diff.high - diff.low == pytest.approx(2 * stats.t.ppf(0.975, 1) * 0.3 / math.sqrt(1000), rel=0.08)
 
 
-def test_bootstrap_resamples_seeds():
+def test_one_seed_pair_gets_a_difference_and_no_test():
+    a, b = _better_everywhere(np.random.default_rng(4), seeds=(0,))
+    diff = paired_comparison(get_task("sst2"), a, b)
+    assert diff.n_pairs == 1 and diff.mean > 0
+    assert all(math.isnan(v) for v in (diff.low, diff.high, diff.p))
+
+
+def test_seed_spread_comes_from_the_seeds():
     # Seed 0: A right and B wrong everywhere (difference 1 on any example resample); seed 1: A == B
-    # (difference 0).  Resampling two seeds gives means 0, 0.5, 1 with chances 1/4, 1/2, 1/4, so the
-    # interval spans [0, 1] and p = 2 * P(d <= 0) ~ 0.5.  Without seed resampling every value is 0.5.
+    # (difference 0).  No example variance: the paired t test over the two seeds, t = 1 on 1 df, p = 0.5,
+    # interval 0.5 +- 12.71 * 0.5.  (Resampling the two seeds instead gave the interval [0, 1].)
     labels = np.arange(50) % 2
     a = {0: {"dev": (labels, labels)}, 1: {"dev": (labels, labels)}}
     b = {0: {"dev": (1 - labels, labels)}, 1: {"dev": (labels, labels)}}
     diff = paired_comparison(get_task("sst2"), a, b, n_boot=2000)
-    assert (diff.mean, diff.low, diff.high) == (0.5, 0.0, 1.0)
-    assert diff.p == pytest.approx(0.5, abs=0.06)
+    res = stats.ttest_rel([1.0, 1.0], [0.0, 1.0])
+    ci = res.confidence_interval(0.95)
+    assert (diff.mean, diff.low, diff.high, diff.p) == (0.5, pytest.approx(ci.low), pytest.approx(ci.high),
+                                                        pytest.approx(res.pvalue))
+    assert diff.p == pytest.approx(0.5)
 
 
 def test_bootstrap_needs_the_same_examples_for_every_seed():
@@ -232,7 +272,7 @@ def test_bootstrap_needs_the_same_examples_for_every_seed():
     with pytest.raises(ValueError, match="seeds were scored on different labels"):
         paired_comparison(get_task("sst2"), a, a)
     with pytest.raises(ValueError, match="n_boot"):
-        paired_comparison(get_task("sst2"), {0: _accuracy_seed(60)}, {0: _accuracy_seed(60)}, n_boot=0)
+        paired_comparison(get_task("sst2"), {0: _accuracy_seed(60)}, {0: _accuracy_seed(60)}, n_boot=1)
 
 
 def test_bootstrap_mnli_is_the_mean_of_both_splits():
@@ -240,8 +280,9 @@ def test_bootstrap_mnli_is_the_mean_of_both_splits():
     labels = np.arange(300) % 3
     same = labels.copy()
     half_right = np.where(np.arange(300) < 150, labels, (labels + 1) % 3)
-    a = {0: {"dev_matched": (same, labels), "dev_mismatched": (half_right, labels)}}
-    b = {0: {"dev_matched": (half_right, labels), "dev_mismatched": (half_right, labels)}}
+    # three seeds alike: width 2 * 4.30 (t, 2 df) * 0.5 / sqrt(300) / 2 (two splits, one moving) = 0.12
+    a = {s: {"dev_matched": (same, labels), "dev_mismatched": (half_right, labels)} for s in range(3)}
+    b = {s: {"dev_matched": (half_right, labels), "dev_mismatched": (half_right, labels)} for s in range(3)}
     diff = paired_comparison(mnli, a, b, n_boot=300)
     assert diff.mean == pytest.approx(0.25)  # +0.5 on matched, 0 on mismatched
     assert diff.low < 0.25 < diff.high and diff.high - diff.low < 0.15
@@ -269,8 +310,8 @@ def test_stsb_constant_predictor_makes_the_comparison_nan():
 def test_stsb_bootstrap_drops_the_occasional_constant_resample():
     # Four examples: about 1.6 % of resamples draw one example four times, a constant vector (NaN).
     labels = np.array([0.5, 1.5, 3.0, 4.5])
-    a = {0: {"dev": (np.array([0.4, 1.7, 2.9, 4.4]), labels)}}
-    b = {0: {"dev": (np.array([1.0, 0.8, 3.5, 4.0]), labels)}}
+    a = {s: {"dev": (np.array([0.4, 1.7, 2.9, 4.4]), labels)} for s in (0, 1)}
+    b = {s: {"dev": (np.array([1.0, 0.8, 3.5, 4.0]), labels)} for s in (0, 1)}
     diff = paired_comparison(get_task("stsb"), a, b, n_boot=1000)
     assert all(math.isfinite(v) for v in (diff.mean, diff.low, diff.high, diff.p))
     assert diff.mean == pytest.approx(task_headline("stsb", {"dev": compute_metrics("stsb", *a[0]["dev"])})
@@ -296,22 +337,13 @@ def test_holm_caps_at_one_and_handles_edges():
         holm([0.1, 1.5])
 
 
-def test_holm_family_raises_replicates_only_where_p_could_pass_alpha():
-    """72 bootstrap tests at 2000 replicates: the smallest possible p, 2/2001, Holm-corrected is 0.072."""
-    calls = []
-
-    def test(i, n_boot):
-        calls.append((i, n_boot))
+def test_holm_family_corrects_the_tests_it_ran():
+    def test(i):
         if i == 0:
             return None  # no common seed
-        floor = 2 / (n_boot + 1)  # every replicate on one side of zero: the smallest p this n_boot gives
-        return Diff(n_pairs=3, mean=0.1, low=0.05, high=0.15, p=floor if i < 5 else 0.5, method="bootstrap",
-                    n_boot=n_boot)
+        return Diff(n_pairs=3, mean=0.1, low=0.05, high=0.15, p=[0.01, 0.04, 0.03, 0.005][i - 1], method=MIXED)
 
-    diffs = holm_family(test, [(i,) for i in range(73)], alpha=0.05, base=2000)
-    assert diffs[0] is None and len(diffs) == 73
-    raised = sorted(i for i, n in calls if n > 2000)
-    assert raised == [1, 2, 3, 4] and {n for _, n in calls if n > 2000} == {boot_size(72, 0.05)}
-    assert all(d.p_holm < 0.05 for d in diffs[1:5])  # with 2000 replicates each would be 72 * 2 / 2001
-    assert all(d.n_boot == 2000 and d.p_holm == 1.0 for d in diffs[5:])
-    assert diffs[1].p_holm == pytest.approx(72 * 2 / (boot_size(72, 0.05) + 1))
+    diffs = holm_family(test, [(i,) for i in range(5)])
+    assert diffs[0] is None
+    np.testing.assert_allclose([d.p_holm for d in diffs[1:]], [0.03, 0.06, 0.06, 0.02])  # as test_holm_by_hand
+    assert [d.p for d in diffs[1:]] == [0.01, 0.04, 0.03, 0.005]

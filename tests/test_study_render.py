@@ -13,19 +13,21 @@ from matplotlib.image import imread
 
 from harness.study_plot import frontier
 from harness.study_render import latex, latex_document, markdown, write_study_outputs
-from harness.study_style import latex_escape, p_text
-from harness.study_table import Cell, Diff, Exclusion, Flag, Row, StudyTable
+from harness.study_style import METHODS, latex_escape, p_text
+from harness.study_table import MIXED, Cell, Diff, Exclusion, Flag, Row, StudyTable
 
 TEACHER = "teacher (fine-tuned): all-MiniLM-L6-v2"
 BASELINE = "no_kd/3L"
 ODD = "kd/3L_from_minilm [50% mix]"  # "_" and "%": specials in LaTeX
 NO_LATENCY = "kd/6L & #2"  # a row the speed measurement missed
 # 17 significant digits: a CSV that rounded them would not give the same floats back
-DIFF = Diff(n_pairs=3, mean=0.012345678901234567, low=-0.0031, high=0.026, p=0.013, method="bootstrap",
-            p_holm=0.04)
+# (an interval across 0 with its p above 0.05, as the statistics give: a test fixture cannot contradict them)
+DIFF = Diff(n_pairs=3, mean=0.012345678901234567, low=-0.0031, high=0.026, p=0.3, method=MIXED,
+            p_holm=0.6, n_boot=2000)
 
 # a test over one clean seed pair: a difference, no p
-ONE_PAIR = Diff(n_pairs=1, mean=0.33, low=0.3, high=0.36, p=float("nan"), method="bootstrap", p_holm=float("nan"))
+ONE_PAIR = Diff(n_pairs=1, mean=0.33, low=float("nan"), high=float("nan"), p=float("nan"), method=MIXED,
+                p_holm=float("nan"))
 
 
 def cell(*scores: float, **kw) -> Cell:
@@ -44,7 +46,7 @@ def study(dirty: bool = False) -> StudyTable:
             params=17_389_056, latency_ms=4.1, budget="task 4.0k ex x 2 ep", baseline=True),
         Row(ODD, "student", "3L-minilm",
             {"sst2": cell(0.87, 0.875, 0.88 + 1 / 3000, retention=95.6, mark="best", vs_baseline=DIFF, mark_vs=NO_LATENCY,
-                          mark_test=Diff(2, 0.013, 0.004, 0.02, 0.004, "bootstrap", p_holm=0.008, n_boot=2000),
+                          mark_test=Diff(2, 0.013, 0.004, 0.02, 0.004, MIXED, p_holm=0.008, n_boot=2000),
                           excluded=(Exclusion("runs/kd_x/sst2/seed4", 4, "another tokenizer"),))},
             params=17_389_056, latency_ms=3.9, budget="task 4.0k ex x 2 ep"),
         Row(NO_LATENCY, "student", "6L-minilm", {"sst2": cell(0.86, 0.87), "cola": cell(0.56, 0.57, mark="tie", mark_vs=BASELINE,
@@ -84,7 +86,7 @@ def test_markdown_cells(outputs):
     assert bold == [(ODD, "SST-2 (Acc)")]
     best = t.loc[ODD, "SST-2 (Acc)"]
     assert best.startswith(f"**{100 * statistics.fmean([0.87, 0.875, 0.88 + 1 / 3000]):.1f} ± ")
-    assert "(n=3)‡1" in best and "ret 95.6 %" in best and "Δ +1.2 [−0.3, +2.6] p=0.04" in best
+    assert "(n=3)‡1" in best and "ret 95.6 %" in best and "Δ +1.2 [−0.3, +2.6] p=0.60" in best
     assert t.loc[NO_LATENCY, "CoLA (MCC)"] == "≈ 56.5 ± 0.7 (n=2)"
     # one dagger per flagged seed; the mean of the others is what "best" and the tests compare
     assert t.loc[BASELINE, "CoLA (MCC)"] == "15.0 ± 13.2 (n=3)†; without †: 22.5 (n=2)"
@@ -93,12 +95,29 @@ def test_markdown_cells(outputs):
     assert t.loc[ODD, "CoLA (MCC)"] == "" and t.loc[ODD, "Avg"].endswith("(1 of 2)")
     assert t.loc[NO_LATENCY, "CPU ms (b1, L128)"] == "—" and t.loc[TEACHER, "Params (M)"] == "22.7"
     assert "runs/kd_x/sst2/seed4 (seed 4): another tokenizer" in text
-    assert "paired bootstrap over dev examples and seeds" in text and "Holm" in text
+    assert METHODS[MIXED][1] in text and "Holm" in text
     assert "Commit: 0123abcd" in text and "DIRTY" not in text and "dirty" not in t.to_string()
     assert "Teachers fine-tuned on the full training set." in text
     # what bold and ≈ rest on: each task's best against its runner-up
     assert f"SST-2: {ODD} against {NO_LATENCY}, Δ +1.3 [+0.4, +2.0] p=0.008 over 2 clean seed pairs" in text
     assert f"CoLA: {NO_LATENCY} against {BASELINE}, Δ +33.0 over 1 clean seed pair, no test (one seed pair)" in text
+    assert "the best student row on the task" in text and "teacher rows do not compete" in text
+    assert "not corrected for the number of comparisons" in text  # the interval; p is Holm-corrected
+
+
+def test_marks_go_on_the_clean_mean_of_a_cell_with_collapsed_seeds(tmp_path):
+    """'Best' compares clean means: bold on the mean over all seeds would mark a figure that lost."""
+    table = study()
+    rows = list(table.rows)
+    base = rows[1]
+    rows[1] = dataclasses.replace(base, cells=base.cells | {"cola": dataclasses.replace(
+        base.cells["cola"], mark="best", mark_vs=NO_LATENCY, mark_test=DIFF)})
+    noisy = dataclasses.replace(DIFF, p=float("nan"), p_holm=float("nan"))  # two pairs, every resample undefined
+    rows[3] = dataclasses.replace(rows[3], cells=rows[3].cells | {"sst2": dataclasses.replace(
+        rows[3].cells["sst2"], vs_baseline=noisy)})
+    t = markdown_rows(markdown(dataclasses.replace(table, rows=tuple(rows))))
+    assert t.loc[BASELINE, "CoLA (MCC)"] == "15.0 ± 13.2 (n=3)†; without †: **22.5** (n=2)"
+    assert "no test (undefined on every resample of the dev examples)" in t.loc[NO_LATENCY, "SST-2 (Acc)"]
 
 
 def test_p_values_print_apart_on_either_side_of_alpha():
@@ -137,7 +156,7 @@ def test_csv_gives_back_exact_numbers(outputs):
     odd = by.loc[(ODD, "sst2")]
     assert (odd.diff_mean, odd.diff_low, odd.diff_high, odd.p, odd.p_holm) == (
         DIFF.mean, DIFF.low, DIFF.high, DIFF.p, DIFF.p_holm)
-    assert odd.n_pairs == 3 and odd.method == "bootstrap" and odd.mark == "best" and odd.retention == 95.6
+    assert odd.n_pairs == 3 and odd.method == MIXED and odd.mark == "best" and odd.retention == 95.6
     assert odd.excluded == 1 and odd.excluded_reasons == "seed 4 (runs/kd_x/sst2/seed4): another tokenizer"
     flagged = by.loc[(BASELINE, "cola")]
     assert flagged["flags"] == "seed 3: one class 0.971" and flagged.flagged_share == 0.971
@@ -220,15 +239,16 @@ def test_pareto(outputs):
     image = imread(paths[3])
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     p = pd.read_csv(paths[4], keep_default_na=False, na_values=[""]).set_index("row")
-    assert list(p.columns) == ["kind", "avg", "tasks", "latency_ms", "params", "on_frontier_latency",
+    assert list(p.columns) == ["kind", "avg", "tasks", "collapsed", "latency_ms", "params", "on_frontier_latency",
                                "on_frontier_params", "notes"]
-    # latency: the baseline (4.1 ms) is beaten by nobody cheaper; the teacher is the best score
-    assert p.on_frontier_latency.drop(NO_LATENCY).to_dict() == {TEACHER: True, BASELINE: True, ODD: False}
+    # latency: the baseline (4.1 ms, cheapest) has a collapsed CoLA seed, so only the teacher is on it
+    assert p.on_frontier_latency.drop(NO_LATENCY).to_dict() == {TEACHER: True, BASELINE: False, ODD: False}
     assert pd.isna(p.on_frontier_latency[NO_LATENCY])  # not drawn: neither on nor off
     # params: the 6L student has the teacher's size and a higher average: the teacher is dominated
-    assert p.on_frontier_params.to_dict() == {TEACHER: False, BASELINE: True, ODD: False, NO_LATENCY: True}
+    assert p.on_frontier_params.to_dict() == {TEACHER: False, BASELINE: False, ODD: False, NO_LATENCY: True}
     assert "left out of the latency panel: no CPU latency" in p.notes[NO_LATENCY]
     assert "avg over 1 of 2 tasks" in p.notes[ODD]
+    assert p.collapsed[BASELINE] == 1 and "1 collapsed seed(s) in its avg" in p.notes[BASELINE]
     assert p.avg[TEACHER] == study().row(TEACHER).avg
 
 
