@@ -10,10 +10,8 @@ import os
 import socket
 from typing import Callable, TypeVar
 
-import deepspeed
 import torch
 import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
 from torch import nn
 
 from harness import precision
@@ -29,7 +27,10 @@ def world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+# DeepSpeed is imported where it is used: data loading and `study plan` import this module for
+# rank0_first and need none of it (it takes most of a second to import).
 def device() -> torch.device:
+    from deepspeed.accelerator import get_accelerator
     acc = get_accelerator()
     if acc.device_name() == "cpu":
         return torch.device("cpu")
@@ -125,6 +126,8 @@ def init_distributed() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     for k, v in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
         os.environ.setdefault(k, v)
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
     backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
@@ -157,6 +160,7 @@ def initialize(module: nn.Module, training: Training, settings: DeepSpeedSetting
     """The DeepSpeed engine for ``module``: AdamW (``optimizer``), linear warm-up and decay over
     ``total_steps``, batch and precision from the recipe; ``monitor``: the config's monitor sections
     (``csv_monitor``, ``tensorboard``, ``wandb``: :func:`harness.curves.monitor_config`)."""
+    import deepspeed
     engine, _, _, _ = deepspeed.initialize(
         model=module, optimizer=optimizer(module, training, lr_scale),
         config=ds_config(training, settings, world()[1]) | (monitor or {}),

@@ -9,7 +9,6 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-import deepspeed
 import torch
 from transformers import DataCollatorForLanguageModeling
 
@@ -151,6 +150,7 @@ def _phase_inputs(plan: RunPlan, phase: Phase, tok, finetuned: list[Teacher], tr
 
 def gather_zero3(student):
     """Under ZeRO-3 each rank holds a shard of every weight: gather them into a plain full copy."""
+    import deepspeed  # here, not at the top: `study plan` reaches this module and trains nothing
     with deepspeed.zero.GatheredParameters(list(student.parameters()), modifier_rank=None):
         state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in student.state_dict().items()}
     plain = type(student)(student.config)
@@ -161,6 +161,7 @@ def gather_zero3(student):
 def gather_zero3_terms(terms, plain):
     """Under ZeRO-3 the terms' own weights (projections) are sharded like the student's: copy their
     full values into ``plain``, the same terms built afresh, which the next stage can shard again."""
+    import deepspeed
     for (sharded, _), (fresh, _) in zip(terms, plain):
         with deepspeed.zero.GatheredParameters(list(sharded.parameters()), modifier_rank=None):
             fresh.load_state_dict({k: v.detach().to("cpu", torch.float32).clone()
