@@ -68,8 +68,10 @@ def cmd_study(args) -> int:
     if args.action in ("run", "speed"):
         for p in study_cmd.measure_speed(sp, args.results_dir, glue_dir, args.threads):
             print(f"wrote {p}")
-    for p in study_cmd.write_tables(sp, args.results_dir, args.allow_dirty):
+    written, summary = study_cmd.write_tables(sp, args.results_dir, args.allow_dirty)
+    for p in written:
         print(f"wrote {p}")
+    print(f"study {sp.name}: {summary}")
     return 0
 
 

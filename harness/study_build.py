@@ -88,7 +88,8 @@ class _Builder:
             rows.append(Row(row, "student", model, cells, recs[0].record.params.total if recs else None,
                             budget=_row_budget(cells), baseline=row == sp.study.baseline, **self._latency(model)))
         return StudyTable(sp.name, sp.study.description, tuple(sp.study.tasks), tuple(rows), self.rules.commit,
-                          self.dirty, tuple(self._notes()), rendered_at=code_state(*git_state(REPO_ROOT)))
+                          self.dirty, tuple(self._notes()), rendered_at=code_state(*git_state(REPO_ROOT)),
+                          seeds=len(sp.study.seeds))
 
     def _exclusions_by_cell(self) -> dict[tuple[str, str], list[Exclusion]]:
         by_name = {c.plan.name: c for c in self.sp.cells}

@@ -80,8 +80,9 @@ def model_configs(sp: StudyPlan, results_dir: Path) -> dict[str, dict]:
     return out
 
 
-def write_tables(sp: StudyPlan, results_dir: Path, allow_dirty: bool) -> list[Path]:
-    """The study's GLUE table (md, csv, tex, Pareto plot) and, once speed is measured, its speed table."""
+def write_tables(sp: StudyPlan, results_dir: Path, allow_dirty: bool) -> tuple[list[Path], str]:
+    """The study's GLUE table (md, csv, tex, Pareto plot) and, once speed is measured, its speed table;
+    with the table's one-line summary."""
     from harness.study_build import build_table
     from harness.study_render import write_study_outputs
     from harness.study_speed import write_speed
@@ -92,7 +93,7 @@ def write_tables(sp: StudyPlan, results_dir: Path, allow_dirty: bool) -> list[Pa
     if (folder / "speed.json").is_file():
         teachers = {r.model for r in table.rows if r.kind == "teacher"}
         written += write_speed(json.loads((folder / "speed.json").read_text()), list(sp.study.tasks), teachers, folder)
-    return written
+    return written, table.summary()
 
 
 def dev_lengths(sp: StudyPlan, glue_dir: Path | None) -> tuple[dict[str, list[int]], dict[str, dict]]:

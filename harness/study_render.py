@@ -147,6 +147,7 @@ def notes(table: StudyTable, style: Style) -> list[str]:
                                      "commits: see the notes).") +
                (f"; tables built by the harness at {style.text(table.rendered_at)} from these records"
                 if table.rendered_at and table.rendered_at != table.commit else ""))
+    out.append(f"Summary: {style.text(table.summary())}.")
     out.append(f"Cells: the task's dev-set headline x 100 (its metric in the header), mean{style.pm}std over "
                "seeds; (n=k): the seeds whose records passed every check; ret: retention, the cell's mean as a "
                "share of its (strongest) teacher's. Budget: what every phase of the row's runs cost, and in "

@@ -113,6 +113,21 @@ class StudyTable:
     dirty: bool  # run with --allow-dirty: every cell says so
     notes: tuple[str, ...] = field(default=())  # footnotes: caps, exclusions, what a mark means
     rendered_at: str | None = None  # the code state (records.code_state) of the harness that built the table
+    seeds: int = 0  # the seeds the study gives every cell
+
+    def summary(self) -> str:
+        """One line on whether the table is complete and clean: seeds kept, cells short of the study's
+        seeds, collapsed seeds, excluded records, the commit."""
+        students = [c for r in self.rows if r.kind == "student" for c in r.cells.values()]
+        kept = sum(c.n for c in students)
+        collapsed = sum(len(c.flags) for c in students)
+        short = sum(c.n < self.seeds for c in students)
+        excluded = sum(len(c.excluded) for r in self.rows for c in r.cells.values())
+        teachers = sum(len(r.cells) for r in self.rows if r.kind == "teacher")
+        share = f" ({100 * collapsed / kept:.1f} %)" if kept else ""
+        return (f"{kept} student seeds in {len(students)} cells, {short} of them short of the study's {self.seeds} "
+                f"seeds; {collapsed} collapsed{share}; {excluded} records excluded; {teachers} teacher instances "
+                f"(one per card and task); commit {self.commit or 'none'}{' with uncommitted changes' * self.dirty}")
 
     def row(self, key: str) -> Row:
         for r in self.rows:

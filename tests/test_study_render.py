@@ -54,7 +54,7 @@ def study(dirty: bool = False) -> StudyTable:
             params=22_713_216, budget="task 4.0k ex x 2 ep"),
     )
     return StudyTable("kd_vs_nokd", "KD against no-KD, 3 seeds", ("sst2", "cola"), rows, commit="0123abcd",
-                      dirty=dirty, notes=("Teachers fine-tuned on the full training set.",))
+                      dirty=dirty, notes=("Teachers fine-tuned on the full training set.",), seeds=3)
 
 
 @pytest.fixture
@@ -103,6 +103,15 @@ def test_markdown_cells(outputs):
     assert f"CoLA: {NO_LATENCY} against {BASELINE}, Δ +33.0 over 1 clean seed pair, no test (one seed pair)" in text
     assert "the best student row on the task" in text and "teacher rows do not compete" in text
     assert "not corrected for the number of comparisons" in text  # the interval; p is Holm-corrected
+
+
+def test_summary_counts_what_a_complete_clean_study_needs(outputs):
+    # students: 3 + 3 (one collapsed) + 3 + 2 + 2 seeds in 5 cells, the 6L row's two short of 3 seeds
+    assert study().summary() == ("13 student seeds in 5 cells, 2 of them short of the study's 3 seeds; 1 collapsed "
+                                 "(7.7 %); 1 records excluded; 2 teacher instances (one per card and task); "
+                                 "commit 0123abcd")
+    assert study(dirty=True).summary().endswith("commit 0123abcd with uncommitted changes")
+    assert f"Summary: {study().summary()}." in outputs[1][0].read_text()
 
 
 def test_marks_go_on_the_clean_mean_of_a_cell_with_collapsed_seeds(tmp_path):
