@@ -2,11 +2,12 @@
 
 Cost is examples x epochs per phase (a progressive phase once per student block; a corpus phase over
 its capped text), divided by the examples/s this harness measured for the same model in earlier records
-(same task and precision preferred).  Teachers and assistant stages count only where the cache lacks
+(same CPU thread count, task and precision preferred).  Teachers and assistant stages count only where the cache lacks
 them.  A model never measured here has no estimate, and the plan says so rather than guess.
 """
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,25 +33,34 @@ class Cost:
 
 
 class Speeds:
-    """Training examples/s measured in earlier records, by (model, task, precision)."""
+    """Training examples/s measured in earlier records, by (model, task, precision, CPU threads)."""
 
-    def __init__(self, results_dir: Path):
+    def __init__(self, results_dir: Path, threads: int):
+        self.threads = threads  # what this process would train with: records at other counts come last
         self.by = defaultdict(list)
         roots = [results_dir] + sorted(p for p in (results_dir / "studies").glob("*") if p.is_dir())
         for root in roots:
             if (root / "runs").is_dir():
-                for _, m in load_records(root):
-                    self.by[m.model].append((m.task, _precision(m), _rate(m)))
+                for folder, m in load_records(root):
+                    self.by[m.model].append((m.task, _precision(m), _threads(root / folder), _rate(m)))
 
     def rate(self, model: str, task: str, precision: str) -> float | None:
         """The median of the best-matching measurements: same task and precision, else same precision,
-        else any (a bf16 figure for an fp32 run is closer than none)."""
+        else any (a bf16 figure for an fp32 run is closer than none); at this process's thread count
+        where any record has it, else at any."""
         found = self.by[model] if model in self.by else []
-        for keep in (lambda t, p: t == task and p == precision, lambda t, p: p == precision, lambda t, p: True):
-            rates = [r for t, p, r in found if keep(t, p)]
-            if rates:
-                return statistics.median(rates)
+        for same_threads in (True, False):
+            for keep in (lambda t, p: t == task and p == precision, lambda t, p: p == precision, lambda t, p: True):
+                rates = [r for t, p, n, r in found if keep(t, p) and (n == self.threads or not same_threads)]
+                if rates:
+                    return statistics.median(rates)
         return None
+
+
+def _threads(folder: Path) -> int | None:
+    """The CPU threads a record trained with (env.json; None where it does not say)."""
+    env = folder / "env.json"
+    return json.loads(env.read_text()).get("cpu_threads") if env.is_file() else None  # older records lack it
 
 
 def _precision(m: RunRecord) -> str:
@@ -141,7 +151,9 @@ def _duration(s: float) -> str:
 
 def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
     """The matrix (rows x tasks: seeds recorded / seeds asked, estimated time) and the total."""
-    speeds, seeds = Speeds(results_dir), sp.study.seeds
+    import torch  # already loaded by the recipe checks; its thread count is what a run here trains with
+
+    speeds, seeds = Speeds(results_dir, torch.get_num_threads()), sp.study.seeds
     folder = sp.folder(results_dir)
     lines = [f"study {sp.name}: {len(sp.rows)} rows x {len(sp.study.tasks)} tasks x {len(seeds)} seeds "
              f"(baseline: {sp.study.baseline}); records in {folder}", ""]
@@ -163,7 +175,7 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
         lines.append(f"  {cell.row:48s} {get_task(cell.task).display:7s} {done}/{len(seeds)} seeds  "
                      f"{cost.examples:>10,} ex  {_cell_status(left, twins, cost, stale)}")
     lines += ["", f"left to train: {todo_ex:,} examples, about {_duration(todo_s)} at the examples/s measured "
-                  f"in this harness's records" + (f"; never measured here (not in the estimate): "
+                  f"in this harness's records (at {speeds.threads} CPU threads where any were)" + (f"; never measured here (not in the estimate): "
                                                   f"{', '.join(sorted(missing))}" if missing else "")]
     if all_stale:
         states = ", ".join(f"{short_state(s)}: {all_stale.count(s)}" for s in sorted(set(all_stale)))

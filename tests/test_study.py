@@ -14,6 +14,7 @@ from harness.metrics import compute_metrics
 from harness.schema import ConfigError
 from harness.study import load_study
 from harness.study_build import build_table
+from harness.study_cost import Speeds
 
 KD = "objective:\n  - {term: hinton_kd, temperature: 2.0, alpha: 0.5}\n"
 NOKD = "objective:\n  - {term: ce}\n"
@@ -620,3 +621,17 @@ def test_a_twin_that_read_another_teacher_instance_is_not_copied(study, monkeypa
     assert runner._copy_twin(plan, 0, out, opts) is False and not out.exists()
     cache_holds("T1")
     assert runner._copy_twin(plan, 0, out, opts) is True and (out / "metrics.json").is_file()
+
+
+def test_plan_rates_prefer_records_at_this_thread_count(tmp_path):
+    speeds = Speeds(tmp_path, threads=2)  # no records there: every rate comes from the lines below
+    speeds.by["3L"] = [("rte", "bf16", 1, 30.0), ("rte", "bf16", 2, 50.0), ("cola", "bf16", 2, 90.0),
+                       ("mrpc", "fp32", None, 20.0)]
+    assert speeds.rate("3L", "rte", "bf16") == 50.0  # same task, precision and threads
+    assert speeds.rate("3L", "mrpc", "bf16") == 70.0  # same precision and threads: median of 50 and 90
+    assert speeds.rate("3L", "mrpc", "fp32") == 70.0  # a rate at these threads beats another count's
+    speeds.threads = 1
+    assert speeds.rate("3L", "cola", "bf16") == 30.0  # the one record at 1 thread, whatever its task
+    speeds.threads = 4
+    assert speeds.rate("3L", "mrpc", "fp32") == 20.0  # no record at 4 threads: task and precision decide
+    assert speeds.rate("6L", "rte", "bf16") is None
