@@ -28,7 +28,7 @@ import torch
 import transformers
 from transformers import AutoConfig, PretrainedConfig
 
-from harness.archspeed_result import LAYER_FIELDS, combine_takes, find_row, inconsistent, twins
+from harness.archspeed_result import LAYER_FIELDS, combine_takes, find_row, inconsistent
 
 WORKER = "harness.archspeed_worker"
 HIDDEN_FIELDS = ("hidden_size", "dim", "d_model")
@@ -42,12 +42,13 @@ IGNORED_PARTS = ("dropout", "initializer", "_eps", "_token_id")
 # Values that mean what the field's absence means in this transformers (BERT no longer reads this one).
 NEUTRAL = {"position_embedding_type": "absolute"}
 PEAK_OF = {
-    "rss_row": "CPU: peak resident memory during the row (VmHWM, reset before it, freed heap trimmed) minus "
-               "the resident memory just before the model was built (its code already imported): weights, "
-               "activations and the threads' working memory",
+    "rss_row": "CPU: peak resident memory (VmHWM) of a fresh process that ran only that row (1 warm-up and 2 "
+               "passes) minus its resident memory just before the model was built (its code already "
+               "imported): weights, activations and the threads' working memory",
     "rss_process": "CPU: peak resident memory of the child so far (could not be reset per row) minus the "
                    "resident memory just before the model was built",
-    "cuda_allocated": "GPU: torch.cuda.max_memory_allocated during the row, weights included",
+    "cuda_allocated": "GPU: torch.cuda.max_memory_allocated of a fresh process that ran only that row, weights "
+                      "included",
 }
 
 
@@ -148,16 +149,31 @@ def _take(key: str, entry: dict, job: dict, log: Callable[[str], None]) -> None:
         f"{find_row({'rows': out['rows']})['median_ms']:.2f} ms (load {load[0]:.1f})")
 
 
+def _memory(entry: dict, job: dict) -> list[dict]:
+    """The largest batch's peak memory at the fixed length, one fresh process per (device, dtype) that
+    measures only that row: a row later in a process would count the heap its earlier rows left."""
+    kinds = {(r["device"], r["dtype"]) for r in entry["rows"]}
+    out = []
+    for device, dtype in sorted(kinds):
+        only = [[device, dtype, max(job["batches"]), "fixed"]]
+        row = run_worker(job | {"config": entry["fields"], "only": only, "passes": 2, "warmup": 1})["rows"][0]
+        out.append({k: row[k] for k in ("device", "dtype", "batch", "lengths", "peak_mib", "peak_of")})
+    return out
+
+
 def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[int] | None = None,
             threads: int | None = None, passes: int = 30, *, warmup: int = 5, length: int = 128,
-            batches: tuple[int, ...] = (1, 32), seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    """Speed of every architecture among ``configs`` (name -> config.json dict), each in its own child
-    process, one after another.  ``dev_lengths``: the dev set's token lengths (a list, rows ``dev``) or
-    one list per task (rows ``dev:<task>``).  Where :func:`inconsistent` flags a pair, every layer-only
-    twin of the pair is measured again, in a shuffled order, up to two more rounds; pairs still flagged
-    carry ``inconsistent_with``."""
-    if passes < 2:
-        raise ValueError("passes must be at least 2 (a median and quartiles need several)")
+            batches: tuple[int, ...] = (1, 32), seed: int = 0, rounds: int = 3,
+            log: Callable[[str], None] = print) -> dict:
+    """Speed of every architecture among ``configs`` (name -> config.json dict), each take in its own child
+    process.  ``dev_lengths``: the dev set's token lengths (a list, rows ``dev``) or one list per task
+    (rows ``dev:<task>``).  ``rounds`` rounds, each measuring every architecture once in a shuffled order,
+    so that the machine's drift falls on all of them alike; every figure pools the rounds' passes.  Where
+    :func:`inconsistent` flags a pair, every architecture is measured in up to two more rounds; pairs
+    still flagged carry ``inconsistent_with``.  Then the peak memory of the largest batch at the fixed
+    length, in a fresh process per precision that runs only that row (``memory``)."""
+    if passes < 2 or rounds < 1:
+        raise ValueError("passes must be at least 2 (a median and quartiles need several), rounds at least 1")
     job = {"threads": threads or default_threads(), "passes": passes, "warmup": warmup, "length": length,
            "batches": list(batches), "seed": seed, "dev_lengths": _length_sets(dev_lengths)}
     archs: dict[str, dict] = {}
@@ -166,17 +182,19 @@ def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[i
         archs.setdefault(key, {"label": arch_label(config), "names": [], "fields": arch_fields(config), "takes": []})
         archs[key]["names"].append(name)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    for key, entry in archs.items():
-        _take(key, entry, job, log)
     result = {"archs": archs}
-    for round_ in range(2):
-        again = sorted({twin for pair in inconsistent(result) for k in pair for twin in twins(archs, k)})
-        random.Random(seed + round_).shuffle(again)  # no fixed order for the machine's drift to favour
-        for key in again:
+    for round_ in range(rounds + 2):
+        if round_ >= rounds and not inconsistent(result):
+            break
+        order = sorted(archs)
+        random.Random(seed + round_).shuffle(order)  # no fixed order for the machine's drift to favour
+        for key in order:
             _take(key, archs[key], job, log)
     for shallow, deep in inconsistent(result):
         archs[shallow].setdefault("inconsistent_with", []).append(deep)
         archs[deep].setdefault("inconsistent_with", []).append(shallow)
+    for entry in archs.values():
+        entry["memory"] = _memory(entry, job)
     machine = {"cpu": cpu_model(), "threads": job["threads"],
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                "python": platform.python_version(), "torch": torch.__version__,

@@ -9,13 +9,23 @@ LAYER_FIELDS = ("num_hidden_layers", "n_layers", "num_layers")  # BERT-likes, Di
 
 
 def combine_takes(takes: list[list[dict]]) -> list[dict]:
-    """Each row kind's figures as the median over the takes that measured it (one take: unchanged)."""
+    """Each row kind's figures over every take that measured it: median, quartiles, mean and ex/s over
+    the pooled timed passes where the rows carry them (``times_ms``), else the median of the takes'."""
     out = []
     for first in takes[0]:
         same = [r for rows in takes for r in rows if row_kind(r) == row_kind(first)]
-        out.append(first | {f: statistics.median(r[f] for r in same)
-                            for f in ("median_ms", "p25_ms", "p75_ms", "mean_ms", "throughput", "peak_mib")
-                            if f in first} | {"takes": len(same)})
+        if all("times_ms" in r for r in same):
+            times = [t for r in same for t in r["times_ms"]]
+            p25, median, p75 = statistics.quantiles(times, n=4, method="inclusive")
+            figures = {"median_ms": statistics.median(times), "p25_ms": p25, "p75_ms": p75,
+                       "mean_ms": statistics.fmean(times), "throughput": first["batch"] * len(times) / sum(times) * 1e3,
+                       "passes": len(times)}
+        else:
+            figures = {f: statistics.median(r[f] for r in same)
+                       for f in ("median_ms", "p25_ms", "p75_ms", "mean_ms", "throughput") if f in first}
+        # a take's own peak memory depends on the rows before it in its process: the result's "memory" has it
+        keep = {k: v for k, v in first.items() if k not in ("times_ms", "peak_mib", "peak_of")}
+        out.append(keep | {k: round(v, 4) for k, v in figures.items()} | {"takes": len(same)})
     return out
 
 
@@ -48,22 +58,24 @@ def _without_depth(fields: dict) -> dict:
     return {k: v for k, v in fields.items() if depth is None or k != depth[0]}
 
 
-def twins(archs: dict, key: str) -> list[str]:
-    """The architectures that differ from ``key``'s in their number of layers at most (itself included)."""
-    return [k for k, e in archs.items() if _without_depth(e["fields"]) == _without_depth(archs[key]["fields"])]
+DEPTH_SLACK = 1.1  # a deeper twin may take up to its depth ratio times this long before it is flagged
 
 
 def inconsistent(result: dict) -> list[tuple[str, str]]:
-    """(shallower, deeper) pairs of architectures that differ only in their number of layers, where the
-    shallower one's median is the larger in any row kind both have: a measurement error."""
+    """(shallower, deeper) pairs of architectures that differ only in their number of layers, where, in
+    any row kind both have, the shallower one's median is the larger, or the deeper one's is more than
+    its depth ratio (x DEPTH_SLACK) the shallower one's: a pass costs a fixed part plus a part per
+    layer, so neither can happen but through a measurement error."""
     archs, pairs = result["archs"], []
     for a, b in itertools.permutations(sorted(archs), 2):
         fa, fb = archs[a]["fields"], archs[b]["fields"]
         depth = _depth(fa)
         if depth is None or depth[0] not in fb or depth[1] >= fb[depth[0]] or _without_depth(fa) != _without_depth(fb):
             continue
+        bound = fb[depth[0]] / depth[1] * DEPTH_SLACK
         deeper = {row_kind(r): r["median_ms"] for r in archs[b]["rows"]}
-        if any(r["median_ms"] > deeper.get(row_kind(r), float("inf")) for r in archs[a]["rows"]):
+        if any(row_kind(r) in deeper and not r["median_ms"] <= deeper[row_kind(r)] <= r["median_ms"] * bound
+               for r in archs[a]["rows"]):
             pairs.append((a, b))
     return pairs
 

@@ -118,7 +118,8 @@ def row(model: torch.nn.Module, job: dict, device: str, dtype: str, batch: int, 
             # would overstate a right-skewed distribution's throughput
             "mean_ms": round(statistics.fmean(times) * 1e3, 4), "throughput": round(batch * len(times) / sum(times), 2),
             "mean_len": statistics.fmean(ids.shape[1] for ids, _ in batches[job["warmup"]:]),
-            "peak_mib": round(peak_mib(device, before_kib), 1), "peak_of": peak_of}
+            "peak_mib": round(peak_mib(device, before_kib), 1), "peak_of": peak_of,
+            "times_ms": [round(t * 1e3, 4) for t in times]}  # the rounds pool them (archspeed_result)
 
 
 def pin(threads: int) -> list[int]:
@@ -147,11 +148,15 @@ def measure_arch(job: dict) -> dict:
     torch.manual_seed(0)  # the weights do not change the speed; a seed keeps the run repeatable all the same
     model = AutoModelForSequenceClassification.from_config(config).float().eval()
     kinds = [("fixed", None)] + sorted(job["dev_lengths"].items())
+    # "only": the row kinds to measure, e.g. one memory row, first in its process so no earlier row's
+    # heap is in its peak
+    only = {tuple(k) for k in job["only"]} if job.get("only") else None
     rows = []
     for device, dtype in pairs:
         model.to(device)
         rows += [row(model, job, device, dtype, batch, kind, lengths, before_kib)
-                 for kind, lengths in kinds for batch in job["batches"]]
+                 for kind, lengths in kinds for batch in job["batches"]
+                 if only is None or (device, dtype, batch, kind) in only]
     return {"pid": os.getpid(), "threads": torch.get_num_threads(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
             "interop_threads": torch.get_num_interop_threads(), "cpus": cpus,
             "params": sum(p.numel() for p in model.parameters()), "rows": rows}

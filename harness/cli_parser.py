@@ -90,6 +90,9 @@ def _study_parser(add) -> None:
     st.add_argument("--glue-dir", default=None, help="local GLUE folder (default: $GLUE_DIR, else the Hub)")
     st.add_argument("--threads", type=int, default=None,
                     help="CPU threads for the speed measurement (default: 2, or fewer cores if fewer)")
+    st.add_argument("--rounds", type=int, default=3,
+                    help="rounds of the speed measurement, each measuring every architecture once in a fresh "
+                         "process (default: 3)")
     st.add_argument("--checkpoint-every", type=int, default=200, metavar="STEPS",
                     help="as for run: save each training stage every STEPS optimiser steps (default: 200)")
 

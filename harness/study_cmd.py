@@ -121,8 +121,10 @@ def dev_lengths(sp: StudyPlan, glue_dir: Path | None) -> tuple[dict[str, list[in
     return lengths, about
 
 
-def measure_speed(sp: StudyPlan, results_dir: Path, glue_dir: Path | None, threads: int | None) -> list[Path]:
-    """Every architecture of the study's models measured once, each in a fresh process; ``speed.json``."""
+def measure_speed(sp: StudyPlan, results_dir: Path, glue_dir: Path | None, threads: int | None,
+                  rounds: int = 3) -> list[Path]:
+    """Every architecture of the study's models measured in ``rounds`` rounds, each take in a fresh
+    process (:func:`harness.archspeed.measure`); ``speed.json``."""
     from harness import archspeed
 
     configs = model_configs(sp, results_dir)
@@ -130,7 +132,7 @@ def measure_speed(sp: StudyPlan, results_dir: Path, glue_dir: Path | None, threa
         print(f"speed: no model of study {sp.name} is in this cache ({cache_dir()}); run the study first")
         return []
     lengths, about = dev_lengths(sp, glue_dir)
-    result = archspeed.measure(configs, lengths, threads)
+    result = archspeed.measure(configs, lengths, threads, rounds=rounds)
     result["settings"]["dev_lengths"] = about
     out = sp.folder(results_dir) / "speed.json"
     out.parent.mkdir(parents=True, exist_ok=True)

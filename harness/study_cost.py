@@ -36,8 +36,11 @@ class Cost:
 class Speeds:
     """Training examples/s measured in earlier records, by (model, task, precision, CPU threads)."""
 
-    def __init__(self, results_dir: Path, threads: int):
-        self.threads = threads  # what this process would train with: records at other counts come last
+    def __init__(self, results_dir: Path, threads: int | None = None):
+        import torch  # already loaded by the recipe checks
+
+        # what this process would train with (torch's count by default): records at other counts come last
+        self.threads = torch.get_num_threads() if threads is None else threads
         self.by = defaultdict(list)
         roots = [results_dir] + sorted(p for p in (results_dir / "studies").glob("*") if p.is_dir())
         for root in roots:
@@ -152,9 +155,7 @@ def _duration(s: float) -> str:
 
 def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
     """The matrix (rows x tasks: seeds recorded / seeds asked, estimated time) and the total."""
-    import torch  # already loaded by the recipe checks; its thread count is what a run here trains with
-
-    speeds, seeds = Speeds(results_dir, torch.get_num_threads()), sp.study.seeds
+    speeds, seeds = Speeds(results_dir), sp.study.seeds
     folder = sp.folder(results_dir)
     lines = [f"study {sp.name}: {len(sp.rows)} rows x {len(sp.study.tasks)} tasks x {len(seeds)} seeds "
              f"(baseline: {sp.study.baseline}); records in {folder}", ""]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.archspeed_result import find_row, speedups
+from harness.archspeed_result import find_row, row_kind, speedups
 from harness.tasks import get_task
 
 DTYPES = {("cpu", "float32"): "CPU fp32", ("cpu", "bfloat16"): "CPU bf16", ("cuda", "bfloat16"): "GPU bf16",
@@ -29,10 +29,13 @@ def long_frame(result: dict) -> pd.DataFrame:
     """Every measured row: architecture, device, dtype, batch, lengths, median, quartiles, ex/s, memory."""
     lines = []
     for key, e in result["archs"].items():
+        memory = {row_kind(m): m for m in e["memory"]}
         for r in e["rows"]:
+            peak = memory.get(row_kind(r), {})
             lines.append({"arch": key, "label": e["label"], "models": "; ".join(e["names"]), "params": e["params"],
                           "threads": e["threads"], "inconsistent_with": "; ".join(e["inconsistent_with"])
-                          if "inconsistent_with" in e else ""} | r)
+                          if "inconsistent_with" in e else ""} | r
+                         | {"peak_mib": peak.get("peak_mib"), "peak_of": peak.get("peak_of")})
     return pd.DataFrame(lines)
 
 
@@ -58,7 +61,11 @@ def _columns(entry: dict, tasks: list[str], settings: dict) -> dict[str, str]:
                 continue
         if dev:
             out[f"{name} b{many} dev ex/s"] = "; ".join(dev)
-        out[f"{name} peak MiB (b{many} L{length})"] = f"{large['peak_mib']:.0f}"
+        try:
+            memory = find_row({"rows": entry["memory"]}, device, dtype, many)
+            out[f"{name} peak MiB (b{many} L{length})"] = f"{memory['peak_mib']:.0f}"
+        except KeyError:
+            pass
     return out
 
 
@@ -69,10 +76,15 @@ def speed_frame(result: dict, tasks: list[str], teachers: set[str]) -> pd.DataFr
     for key, e in sorted(result["archs"].items(), key=lambda kv: -kv[1]["params"]):
         r = {"Architecture": e["label"] + (" ⚠" if "inconsistent_with" in e else ""), "Models": ", ".join(e["names"]),
              "Params (M)": f"{e['params'] / 1e6:.1f}"} | _columns(e, tasks, result["settings"])
-        r[f"Speed-up vs {result['archs'][ref]['label']} (CPU fp32 b{result['settings']['batches'][0]})"] = \
-            f"{ups[key]:.2f}x"
+        r[f"Speed-up vs {result['archs'][ref]['label']} (CPU fp32 b{result['settings']['batches'][0]} "
+          f"L{result['settings']['length']})"] = f"{ups[key]:.2f}x"
         rows.append(r)
     return pd.DataFrame(rows).fillna("")
+
+
+def _cpus(result: dict) -> str:
+    found = sorted({tuple(e["cpus"]) for e in result["archs"].values()})
+    return " / ".join(",".join(map(str, c)) for c in found)
 
 
 def _dev_note(settings: dict) -> str:
@@ -86,20 +98,24 @@ def _dev_note(settings: dict) -> str:
 
 def write_speed(result: dict, tasks: list[str], teachers: set[str], folder: Path) -> list[Path]:
     m, s = result["machine"], result["settings"]
-    notes = [f"Measured once per architecture, each in a fresh process with {m['threads']} threads pinned to as "
-             f"many CPUs (no inter-op threads), on {m['cpu']}{' and ' + m['gpu'] if m['gpu'] else ''} (torch "
-             f"{m['torch']}, transformers {m['transformers']}), {m['started']} to {m['finished']}: {s['warmup']} "
-             f"warm-up then {s['passes']} timed passes per figure, median [25th–75th percentile]; ex/s: examples "
-             f"over the time the timed passes took. Random token ids; L{s['length']}: every example {s['length']} "
-             "tokens; dev: batches drawn from the task's dev-set lengths, padded to their longest." + _dev_note(s)
-             + " Speed-ups: ratios of medians from this one sitting. bf16: autocast over fp32 weights.",
+    rounds = max(len(e["takes"]) for e in result["archs"].values())
+    notes = [f"Measured in {rounds} rounds, each architecture once per round in a fresh process, in a shuffled "
+             f"order each round, with {m['threads']} threads and no inter-op threads, the process pinned to CPUs "
+             f"{_cpus(result)}, on {m['cpu']}{' and ' + m['gpu'] if m['gpu'] else ''} (torch {m['torch']}, "
+             f"transformers {m['transformers']}), {m['started']} to {m['finished']}: {s['warmup']} warm-up then "
+             f"{s['passes']} timed passes per figure and round; median [25th–75th percentile] over the pooled "
+             "passes of every round; ex/s: examples over the time the timed passes took. Random token ids; "
+             f"L{s['length']}: every example {s['length']} tokens; dev: batches of the task's dev-set lengths drawn "
+             "at random with replacement (the same for every architecture), each padded to its longest, not "
+             "sorted by length as the harness's own evaluation batches are." + _dev_note(s)
+             + " Speed-ups: ratios of these medians, from one measurement. bf16: autocast over fp32 weights.",
              "Peak MiB: " + "; ".join(v for k, v in result["peak_of"].items()
-                                      if any(r["peak_of"] == k for e in result["archs"].values() for r in e["rows"]))
+                                      if any(r["peak_of"] == k for e in result["archs"].values() for r in e["memory"]))
              + "."]
     if any("inconsistent_with" in e for e in result["archs"].values()):
-        notes.append("⚠: measured slower than a deeper model of the same width, in some row, even after its "
-                     "family was measured twice more (each figure the median over the takes; a noisy machine); "
-                     "do not read its speed-ups.")
+        notes.append("⚠: measured slower than a deeper model of the same width, or a deeper one more than its "
+                     "depth ratio slower, in some row, even after two more rounds of every architecture (a noisy "
+                     "machine); do not read its speed-ups.")
     table = speed_frame(result, tasks, teachers)
     md = folder / "speed.md"
     md.write_text("<!-- generated by kd-harness from speed.json; do not edit -->\n\n"

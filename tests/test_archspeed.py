@@ -83,25 +83,29 @@ def test_dev_lengths_pad_each_batch_to_its_longest():
 def test_measure_in_child_processes_structure():
     configs = {"a": tiny(), "a_again": tiny(hidden_dropout_prob=0.0, _name_or_path="x"),
                "b": tiny(num_hidden_layers=2, hidden_size=48)}  # not layer-only twins: no re-takes here
-    result = measure(configs, DEV, passes=3, warmup=2)
+    result = measure(configs, DEV, passes=3, warmup=2, rounds=2)
     archs = result["archs"]
     assert sorted(entry["names"] for entry in archs.values()) == [["a", "a_again"], ["b"]]
     assert result["machine"]["threads"] == archspeed.default_threads()
     assert result["settings"] == {"passes": 3, "warmup": 2, "length": 128, "batches": [1, 32], "seed": 0}
     pids = {take["pid"] for entry in archs.values() for take in entry["takes"]}
-    assert os.getpid() not in pids and len(pids) == 2  # one fresh process per architecture
+    assert os.getpid() not in pids and len(pids) == 4  # a fresh process per architecture and round
     want = {(d, t, b, k) for d, t in expected_pairs() for b in (1, 32) for k in ("fixed", "dev")}
     for entry in archs.values():
-        assert len(entry["takes"]) == 1 and "inconsistent_with" not in entry
+        assert len(entry["takes"]) == 2 and "inconsistent_with" not in entry
         assert entry["threads"] == result["machine"]["threads"] and entry["omp_threads"] == str(entry["threads"])
         assert len(entry["cpus"]) == entry["threads"] and entry["interop_threads"] == 1  # pinned, one op at a time
         assert {(r["device"], r["dtype"], r["batch"], r["lengths"]) for r in entry["rows"]} == want
+        # memory: the largest batch at the fixed length, per precision, each in a process of its own
+        assert {(m["device"], m["dtype"], m["batch"], m["lengths"]) for m in entry["memory"]} == \
+            {(d, t, 32, "fixed") for d, t in expected_pairs()}
+        assert all(m["peak_of"] in result["peak_of"] and m["peak_mib"] > 0 for m in entry["memory"])
         for r in entry["rows"]:
-            assert r["passes"] == 3
+            assert r["passes"] == 6 and r["takes"] == 2  # both rounds' passes pooled
             assert 0 < r["p25_ms"] <= r["median_ms"] <= r["p75_ms"]
             # examples over the time they took, not batch / median
             assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"], rel=1e-3)
-            assert r["peak_of"] in result["peak_of"] and r["peak_mib"] > 0
+            assert "peak_mib" not in r  # a take's own peak depends on the rows before it
             if r["lengths"] == "fixed":
                 assert r["mean_len"] == 128
             else:
@@ -116,9 +120,9 @@ def test_measure_default_passes_and_stated_threads():
     result = measure({"m": tiny()}, threads=1)
     (entry,) = result["archs"].values()
     assert result["settings"]["passes"] == 30 and result["machine"]["threads"] == 1
-    assert entry["threads"] == 1 and entry["omp_threads"] == "1"
+    assert entry["threads"] == 1 and entry["omp_threads"] == "1" and len(entry["takes"]) == 3  # 3 rounds
     assert {r["lengths"] for r in entry["rows"]} == {"fixed"}
-    assert all(r["passes"] == 30 and r["p25_ms"] <= r["median_ms"] <= r["p75_ms"] for r in entry["rows"])
+    assert all(r["passes"] == 90 and r["p25_ms"] <= r["median_ms"] <= r["p75_ms"] for r in entry["rows"])
 
 
 def test_a_failing_child_is_an_error():
@@ -142,7 +146,8 @@ def made_row(ms: float, batch: int = 1, device: str = "cpu", dtype: str = "float
 def worker_out(job: dict, rows: list[dict], params: int = 1) -> dict:
     """What a child process prints, for a made-up measurement."""
     return {"pid": 1, "threads": job["threads"], "omp_threads": str(job["threads"]), "interop_threads": 1,
-            "cpus": list(range(job["threads"])), "params": params, "rows": rows}
+            "cpus": list(range(job["threads"])), "params": params,
+            "rows": [{"peak_mib": 1.0, "peak_of": "rss_row"} | r for r in rows]}
 
 
 def made_arch(layers: int, ms: float, hidden: int = 32, ms32: float = 100.0) -> dict:
@@ -152,7 +157,7 @@ def made_arch(layers: int, ms: float, hidden: int = 32, ms32: float = 100.0) -> 
 
 def test_inconsistent_pairs_layer_only_twins():
     result = {"archs": {"s": made_arch(3, 9.0), "d": made_arch(6, 8.0), "wide": made_arch(1, 50.0, hidden=64),
-                        "ok": made_arch(12, 20.0)}}
+                        "ok": made_arch(12, 15.0)}}
     assert inconsistent(result) == [("s", "d")]  # "wide" differs in width too; "ok" is slower and deeper
     result["archs"]["s"]["rows"][0]["median_ms"] = 7.0
     assert inconsistent(result) == []
@@ -160,6 +165,15 @@ def test_inconsistent_pairs_layer_only_twins():
     assert sorted(inconsistent(result)) == [("d", "ok"), ("s", "ok")]
     # any row kind both have counts: here batch 32, where the shallow one is slower
     result = {"archs": {"s": made_arch(3, 5.0, ms32=120.0), "d": made_arch(6, 8.0, ms32=110.0)}}
+    assert inconsistent(result) == [("s", "d")]
+
+
+def test_a_deeper_twin_more_than_its_depth_ratio_slower_is_inconsistent():
+    # a pass costs a fixed part plus a part per layer: 6 layers can take at most twice as long as 3
+    # (x 1.1 for noise)
+    result = {"archs": {"s": made_arch(3, 5.0, ms32=100.0), "d": made_arch(6, 10.5, ms32=200.0)}}
+    assert inconsistent(result) == []
+    result["archs"]["d"]["rows"][1]["median_ms"] = 250.0  # 2.5 times the 3-layer one at batch 32
     assert inconsistent(result) == [("s", "d")]
 
 
@@ -171,6 +185,14 @@ def test_takes_combine_row_by_row_as_medians():
     combined = combine_takes(takes)
     assert [r["median_ms"] for r in combined] == [2.0, 4.0] and [r["takes"] for r in combined] == [3, 3]
     assert combined[0]["throughput"] == 0.5 and combine_takes(takes[:1])[0]["median_ms"] == 1.0
+
+
+def test_takes_pool_their_passes():
+    takes = [[made_row(0.0) | {"times_ms": t}] for t in ([1.0, 2.0, 3.0], [4.0, 5.0], [100.0])]
+    (row,) = combine_takes(takes)
+    assert row["passes"] == 6 and row["takes"] == 3 and row["median_ms"] == 3.5  # of 1 2 3 4 5 100
+    assert (row["p25_ms"], row["p75_ms"]) == (2.25, 4.75) and row["mean_ms"] == pytest.approx(115 / 6, abs=1e-4)
+    assert row["throughput"] == pytest.approx(6 * 1000 / 115, abs=1e-4) and "times_ms" not in row
 
 
 def test_speedups_from_one_result():
@@ -195,13 +217,14 @@ def fake_worker(slow_shallow_takes: int):
     return run
 
 
-# one slow take of three is outvoted by the median; a shallow twin slow every time stays marked
-@pytest.mark.parametrize("slow_takes, takes, marked", [(0, 1, False), (1, 3, False), (9, 3, True)])
+# three rounds; one slow take of three is outvoted by the median; a shallow twin slow every time stays
+# marked after two more rounds of every architecture
+@pytest.mark.parametrize("slow_takes, takes, marked", [(0, 3, False), (1, 3, False), (9, 5, True)])
 def test_measure_retakes_then_marks_inconsistent(monkeypatch, slow_takes, takes, marked):
     monkeypatch.setattr(archspeed, "run_worker", fake_worker(slow_takes))
     result = measure({"s": tiny(), "d": tiny(num_hidden_layers=4), "other": tiny(hidden_size=64)}, passes=2)
     s, d, other = (result["archs"][arch_key(c)] for c in (tiny(), tiny(num_hidden_layers=4), tiny(hidden_size=64)))
-    assert (len(s["takes"]), len(d["takes"]), len(other["takes"])) == (takes, takes, 1)  # at most two extra rounds
+    assert (len(s["takes"]), len(d["takes"]), len(other["takes"])) == (takes, takes, takes)
     assert find_row(s)["median_ms"] == (100.0 if marked else 1.0)
     assert ("inconsistent_with" in s) is marked and "inconsistent_with" not in other
     if marked:
@@ -217,8 +240,11 @@ def test_measure_sends_each_child_its_job(monkeypatch):
         return worker_out(job, [made_row(1.0)])
     monkeypatch.setattr(archspeed, "run_worker", run)
     configs = {"x": tiny(hidden_dropout_prob=0.5), "y": tiny()}
-    result = measure(configs, {"sst2": [3, 4], "mrpc": [50]}, threads=3, passes=7, length=64)
-    (job,) = jobs  # one architecture, one child
+    result = measure(configs, {"sst2": [3, 4], "mrpc": [50]}, threads=3, passes=7, length=64, rounds=1)
+    job, memory = jobs  # one architecture: one child for the timing, one for the memory row
+    assert memory["only"] == [["cpu", "float32", 32, "fixed"]] and (memory["passes"], memory["warmup"]) == (2, 1)
+    assert list(result["archs"].values())[0]["memory"] == [{"device": "cpu", "dtype": "float32", "batch": 1,
+                                                           "lengths": "fixed", "peak_mib": 1.0, "peak_of": "rss_row"}]
     assert job["dev_lengths"] == {"dev:sst2": [3, 4], "dev:mrpc": [50]}
     assert (job["threads"], job["passes"], job["length"], job["batches"]) == (3, 7, 64, [1, 32])
     assert "hidden_dropout_prob" not in job["config"] and job["config"]["num_hidden_layers"] == 1

@@ -395,7 +395,7 @@ def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     plan = harness_cli("study", "plan", str(s), *args)
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert "2 rows x 1 tasks x 2 seeds" in plan.stdout and "0/2 seeds" in plan.stdout
-    run = harness_cli("study", "run", str(s), *args, "--allow-dirty", "--threads", "1")
+    run = harness_cli("study", "run", str(s), *args, "--allow-dirty", "--threads", "1", "--rounds", "1")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "study s: 4 student seeds in 2 cells, 0 of them short of the study's 2 seeds;" in run.stdout
     out = results / "studies" / "s"
@@ -414,7 +414,7 @@ def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     assert dev["split"] == "dev" and dev["tokenizer"] == "tiny-bert" and dev["examples"] > 0
     assert "Dev lengths: SST-2 dev" in (out / "speed.md").read_text()
     assert all(e["interop_threads"] == 1 and len(e["cpus"]) == 1 for e in speed["archs"].values())
-    again = harness_cli("study", "run", str(s), *args, "--allow-dirty", "--threads", "1")
+    again = harness_cli("study", "run", str(s), *args, "--allow-dirty", "--threads", "1", "--rounds", "1")
     assert again.returncode == 0 and again.stdout.count("skipped: this study's record exists") == 4
     # a second study sharing the KD row copies its records (same recipe hash, same commit), teachers too
     t = tmp_path / "studies" / "t.yaml"
@@ -423,7 +423,7 @@ def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     plan = harness_cli("study", "plan", str(t), *args)
     assert plan.returncode == 0 and "2 seeds to copy from another study" in plan.stdout, plan.stdout
     assert "left to train: 0 examples" in plan.stdout
-    shared = harness_cli("study", "run", str(t), *args, "--allow-dirty", "--threads", "1")
+    shared = harness_cli("study", "run", str(t), *args, "--allow-dirty", "--threads", "1", "--rounds", "1")
     assert shared.returncode == 0, shared.stderr[-3000:]
     assert shared.stdout.count("copied: study s ran this very recipe") == 2, shared.stdout
     kd_runs = Path("runs/glue/sst2/kd/tiny")
