@@ -169,8 +169,8 @@ def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[i
     process.  ``dev_lengths``: the dev set's token lengths (a list, rows ``dev``) or one list per task
     (rows ``dev:<task>``).  ``rounds`` rounds, each measuring every architecture once in a shuffled order,
     so that the machine's drift falls on all of them alike; every figure pools the rounds' passes.  Where
-    :func:`inconsistent` flags a pair, every architecture is measured in up to two more rounds; pairs
-    still flagged carry ``inconsistent_with``.  Then the peak memory of the largest batch at the fixed
+    :func:`inconsistent` flags a pair, every architecture is measured in up to two more rounds (pairs
+    still flagged are marked where the result is read: ``archspeed_result.marks``).  Then the peak memory of the largest batch at the fixed
     length, in a fresh process per precision that runs only that row (``memory``)."""
     if passes < 2 or rounds < 1:
         raise ValueError("passes must be at least 2 (a median and quartiles need several), rounds at least 1")
@@ -190,9 +190,6 @@ def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[i
         random.Random(seed + round_).shuffle(order)  # no fixed order for the machine's drift to favour
         for key in order:
             _take(key, archs[key], job, log)
-    for shallow, deep in inconsistent(result):
-        archs[shallow].setdefault("inconsistent_with", []).append(deep)
-        archs[deep].setdefault("inconsistent_with", []).append(shallow)
     for entry in archs.values():
         entry["memory"] = _memory(entry, job)
     machine = {"cpu": cpu_model(), "threads": job["threads"],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.archspeed_result import find_row, model_speed
+from harness.archspeed_result import find_row, marks, model_speed
 from harness.paths import REPO_ROOT
 from harness.records import code_state, git_state, read_predictions
 from harness.study import StudyPlan
@@ -150,7 +150,8 @@ class _Builder:
         and whether it stayed slower than a deeper twin (Row fields)."""
         entry = None if self.speed is None else model_speed(self.speed, model)
         return {} if entry is None else {"latency_ms": find_row(entry)["median_ms"],
-                                         "latency_suspect": "inconsistent_with" in entry}
+                                         "latency_suspect": any(model in self.speed["archs"][k]["names"]
+                                                                for k in marks(self.speed))}
 
     def _notes(self) -> list[str]:
         notes = []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.archspeed_result import find_row, row_kind, speedups
+from harness.archspeed_result import find_row, marks, row_kind, speedups
 from harness.tasks import get_task
 
 DTYPES = {("cpu", "float32"): "CPU fp32", ("cpu", "bfloat16"): "CPU bf16", ("cuda", "bfloat16"): "GPU bf16",
@@ -27,14 +27,13 @@ def reference_key(result: dict, teachers: set[str]) -> str:
 
 def long_frame(result: dict) -> pd.DataFrame:
     """Every measured row: architecture, device, dtype, batch, lengths, median, quartiles, ex/s, memory."""
-    lines = []
+    lines, flagged = [], marks(result)
     for key, e in result["archs"].items():
         memory = {row_kind(m): m for m in e["memory"]}
         for r in e["rows"]:
             peak = memory.get(row_kind(r), {})
             lines.append({"arch": key, "label": e["label"], "models": "; ".join(e["names"]), "params": e["params"],
-                          "threads": e["threads"], "inconsistent_with": "; ".join(e["inconsistent_with"])
-                          if "inconsistent_with" in e else ""} | r
+                          "threads": e["threads"], "inconsistent_with": "; ".join(flagged.get(key, []))} | r
                          | {"peak_mib": peak.get("peak_mib"), "peak_of": peak.get("peak_of")})
     return pd.DataFrame(lines)
 
@@ -72,9 +71,9 @@ def _columns(entry: dict, tasks: list[str], settings: dict) -> dict[str, str]:
 def speed_frame(result: dict, tasks: list[str], teachers: set[str]) -> pd.DataFrame:
     ref = reference_key(result, teachers)
     ups = speedups(result, ref)
-    rows = []
+    rows, flagged = [], marks(result)
     for key, e in sorted(result["archs"].items(), key=lambda kv: -kv[1]["params"]):
-        r = {"Architecture": e["label"] + (" ⚠" if "inconsistent_with" in e else ""), "Models": ", ".join(e["names"]),
+        r = {"Architecture": e["label"] + (" ⚠" if key in flagged else ""), "Models": ", ".join(e["names"]),
              "Params (M)": f"{e['params'] / 1e6:.1f}"} | _columns(e, tasks, result["settings"])
         r[f"Speed-up vs {result['archs'][ref]['label']} (CPU fp32 b{result['settings']['batches'][0]} "
           f"L{result['settings']['length']})"] = f"{ups[key]:.2f}x"
@@ -112,9 +111,9 @@ def write_speed(result: dict, tasks: list[str], teachers: set[str], folder: Path
              "Peak MiB: " + "; ".join(v for k, v in result["peak_of"].items()
                                       if any(r["peak_of"] == k for e in result["archs"].values() for r in e["memory"]))
              + "."]
-    if any("inconsistent_with" in e for e in result["archs"].values()):
+    if marks(result):
         notes.append("⚠: measured slower than a deeper model of the same width, or a deeper one more than its "
-                     "depth ratio slower, in some row, even after two more rounds of every architecture (a noisy "
+                     "depth ratio x 1.5 slower, in some row, even after two more rounds of every architecture (a noisy "
                      "machine); do not read its speed-ups.")
     table = speed_frame(result, tasks, teachers)
     md = folder / "speed.md"
