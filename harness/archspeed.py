@@ -170,8 +170,9 @@ def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[i
     (rows ``dev:<task>``).  ``rounds`` rounds, each measuring every architecture once in a shuffled order,
     so that the machine's drift falls on all of them alike; every figure pools the rounds' passes.  Where
     :func:`inconsistent` flags a pair, every architecture is measured in up to two more rounds (pairs
-    still flagged are marked where the result is read: ``archspeed_result.marks``).  Then the peak memory of the largest batch at the fixed
-    length, in a fresh process per precision that runs only that row (``memory``)."""
+    still flagged are marked where the result is read: ``archspeed_result.marks``).  Then the peak
+    memory of the largest batch at the fixed length, in a fresh process per precision that runs only
+    that row (``memory``)."""
     if passes < 2 or rounds < 1:
         raise ValueError("passes must be at least 2 (a median and quartiles need several), rounds at least 1")
     job = {"threads": threads or default_threads(), "passes": passes, "warmup": warmup, "length": length,
