@@ -5,8 +5,9 @@ three records of one 3-layer student can disagree with each other and with a 6-l
 on the architecture only, so a study measures it once per architecture (:func:`arch_key`), from the config
 alone (random weights, no checkpoint), each architecture in a fresh child process
 (:mod:`harness.archspeed_worker`) with its thread count set and stated, one after another.  Each row is
-warm-up passes, then ``passes`` timed ones: median and quartiles, at batch 1 and 32, at a fixed length and
-at a task's dev-length distribution (dynamic padding).  Ratios between rows of one result
+warm-up passes (and one at every further batch width the timed passes have), then ``passes`` timed ones:
+median and quartiles, at batch 1 and 32, at a fixed length and at a task's dev-length distribution
+(dynamic padding).  Ratios between rows of one result
 (:func:`speedups`) come from one sitting, so a table built from them cannot contradict itself; a shallower
 model measured slower than a deeper twin, in any row, has the whole family measured again, and every row
 is the median over the takes; a pair that stays inconsistent is marked (:func:`inconsistent`).
@@ -199,6 +200,7 @@ def measure(configs: dict[str, dict], dev_lengths: dict[str, list[int]] | list[i
                "transformers": transformers.__version__, "started": started,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     settings = {k: job[k] for k in ("passes", "warmup", "length", "batches", "seed")}
+    settings["warm_every_width"] = True  # archspeed_worker.time_passes; absent from older measurements
     return {"machine": machine, "settings": settings, "peak_of": PEAK_OF, "archs": archs}
 
 

@@ -88,17 +88,26 @@ def peak_mib(device: str, before_kib: int) -> float:
 
 
 def time_passes(model: torch.nn.Module, batches: list, warmup: int, device: str, dtype: str) -> list[float]:
-    """Seconds of each forward pass after the first ``warmup`` ones, synchronised on a GPU."""
+    """Seconds of each forward pass of ``batches[warmup:]``, synchronised on a GPU.  Untimed first: the
+    ``warmup`` batches, then one pass at every further shape the timed batches have (dev-length batches
+    differ in width, and a first pass at a new shape pays one-time costs, such as oneDNN building its
+    bf16 kernels for that shape, that no later pass does)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    timed, shapes, untimed = batches[warmup:], set(), list(batches[:warmup])
+    shapes.update(tuple(ids.shape) for ids, _ in untimed)
+    for ids, mask in timed:
+        if tuple(ids.shape) not in shapes:
+            shapes.add(tuple(ids.shape))
+            untimed.append((ids, mask))
     times = []
     with torch.inference_mode(), torch.autocast(device, dtype=DTYPES[dtype], enabled=dtype != "float32"):
-        for i, (ids, mask) in enumerate(batches):
+        for i, (ids, mask) in enumerate(untimed + timed):
             ids, mask = ids.to(device), mask.to(device)
             sync()
             start = time.perf_counter()
             model(input_ids=ids, attention_mask=mask)
             sync()
-            if i >= warmup:
+            if i >= len(untimed):
                 times.append(time.perf_counter() - start)
     return times
 

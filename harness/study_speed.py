@@ -95,6 +95,12 @@ def _dev_note(settings: dict) -> str:
         f"{a['max_length']}: mean {a['mean']}, median {a['median']}, max {a['max']})" for t, a in about.items()) + "."
 
 
+def _width_note(settings: dict) -> str:
+    if not settings.get("warm_every_width"):  # absent from measurements taken before the worker did it
+        return ""
+    return " (and, before timing, one pass at every further batch width the timed ones have)"
+
+
 def write_speed(result: dict, tasks: list[str], teachers: set[str], folder: Path) -> list[Path]:
     m, s = result["machine"], result["settings"]
     rounds = max(len(e["takes"]) for e in result["archs"].values())
@@ -102,7 +108,7 @@ def write_speed(result: dict, tasks: list[str], teachers: set[str], folder: Path
              f"order each round, with {m['threads']} threads and no inter-op threads, the process pinned to CPUs "
              f"{_cpus(result)}, on {m['cpu']}{' and ' + m['gpu'] if m['gpu'] else ''} (torch {m['torch']}, "
              f"transformers {m['transformers']}), {m['started']} to {m['finished']}: {s['warmup']} warm-up then "
-             f"{s['passes']} timed passes per figure and round; median [25th–75th percentile] over the pooled "
+             f"{s['passes']} timed passes per figure and round{_width_note(s)}; median [25th–75th percentile] over the pooled "
              "passes of every round; ex/s: examples over the time the timed passes took. Random token ids; "
              f"L{s['length']}: every example {s['length']} tokens; dev: batches of the task's dev-set lengths drawn "
              "at random with replacement (the same for every architecture), each padded to its longest, not "

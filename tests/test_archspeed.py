@@ -10,7 +10,7 @@ import torch
 from harness import archspeed
 from harness.archspeed import arch_key, arch_label, measure
 from harness.archspeed_result import combine_takes, find_row, inconsistent, marks, speedups
-from harness.archspeed_worker import inputs
+from harness.archspeed_worker import inputs, time_passes
 from harness.precision import cpu_has_native_bf16
 
 TINY = {"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
@@ -78,6 +78,24 @@ def test_dev_lengths_pad_each_batch_to_its_longest():
     assert {ids.shape for ids, _ in inputs(1000, 4, None, 128, 3, seed=0)} == {(4, 128)}
 
 
+
+def test_every_timed_width_is_warmed_up_untimed_first():
+    calls = []
+
+    class Shapes(torch.nn.Module):  # stands for a model: notes the width of each pass
+        def forward(self, input_ids, attention_mask):
+            calls.append(input_ids.shape[1])
+
+    batches = inputs(1000, 1, DEV, 128, 2 + 12, seed=0)
+    times = time_passes(Shapes(), batches, 2, "cpu", "float32")
+    timed = [ids.shape[1] for ids, _ in batches[2:]]
+    assert len(times) == 12 and calls[-12:] == timed  # one time per timed batch, in their order
+    untimed = calls[:-12]
+    assert untimed[:2] == [ids.shape[1] for ids, _ in batches[:2]]  # the warm-up batches come first
+    extra = untimed[2:]
+    assert set(timed) <= set(untimed) and len(set(timed)) > 2  # every timed width ran before the timing
+    assert len(extra) == len(set(extra)) and not set(extra) & set(untimed[:2])  # each further width once
+
 # ---- the measurement, in child processes -----------------------------------------------------------------
 
 def test_measure_in_child_processes_structure():
@@ -87,7 +105,8 @@ def test_measure_in_child_processes_structure():
     archs = result["archs"]
     assert sorted(entry["names"] for entry in archs.values()) == [["a", "a_again"], ["b"]]
     assert result["machine"]["threads"] == archspeed.default_threads()
-    assert result["settings"] == {"passes": 3, "warmup": 2, "length": 128, "batches": [1, 32], "seed": 0}
+    assert result["settings"] == {"passes": 3, "warmup": 2, "length": 128, "batches": [1, 32], "seed": 0,
+                                  "warm_every_width": True}
     pids = {take["pid"] for entry in archs.values() for take in entry["takes"]}
     assert os.getpid() not in pids and len(pids) == 4  # a fresh process per architecture and round
     want = {(d, t, b, k) for d, t in expected_pairs() for b in (1, 32) for k in ("fixed", "dev")}
