@@ -80,8 +80,9 @@ def _record_parsers(add) -> None:
 def _study_parser(add) -> None:
     st = add("study", "a study (studies/<name>.yaml): 'plan' prints its matrix and an estimate of its cost "
                                  "without training; 'run' trains every cell that lacks a record of this commit (a "
-                                 "dirty tree is refused), measures speed once per architecture and writes the "
-                                 "tables; 'speed' measures speed again; 'tables' rebuilds the tables only "
+                                 "dirty tree is refused), measures speed once per architecture (unless speed.json "
+                                 "already has every one, on this CPU and thread count) and writes the tables; "
+                                 "'speed' measures speed again; 'tables' rebuilds the tables only "
                                  "(results/studies/<name>/)", cards=True, results=True)
     st.add_argument("action", choices=["plan", "run", "tables", "speed"])
     st.add_argument("study", type=Path, help="the study file, e.g. studies/zoo.yaml")

@@ -66,7 +66,8 @@ def cmd_study(args) -> int:
     if not is_main():  # under a launcher, one process measures and writes; the others are done
         return 0
     if args.action in ("run", "speed"):
-        for p in study_cmd.measure_speed(sp, args.results_dir, glue_dir, args.threads, args.rounds):
+        for p in study_cmd.measure_speed(sp, args.results_dir, glue_dir, args.threads, args.rounds,
+                                          again=args.action == "speed"):
             print(f"wrote {p}")
     written, summary = study_cmd.write_tables(sp, args.results_dir, args.allow_dirty)
     for p in written:

@@ -121,20 +121,35 @@ def dev_lengths(sp: StudyPlan, glue_dir: Path | None) -> tuple[dict[str, list[in
     return lengths, about
 
 
+def speed_is_current(result: dict, configs: dict[str, dict], threads: int | None) -> bool:
+    """Whether a study's ``speed.json`` already measured every architecture among ``configs`` on this CPU
+    model at this thread count (``study run`` then keeps it; ``study speed`` measures again)."""
+    from harness import archspeed
+
+    wanted = {archspeed.arch_key(c) for c in configs.values()}
+    return (wanted <= set(result["archs"]) and result["machine"]["cpu"] == archspeed.cpu_model()
+            and result["machine"]["threads"] == (threads or archspeed.default_threads()))
+
+
 def measure_speed(sp: StudyPlan, results_dir: Path, glue_dir: Path | None, threads: int | None,
-                  rounds: int = 3) -> list[Path]:
+                  rounds: int = 3, again: bool = True) -> list[Path]:
     """Every architecture of the study's models measured in ``rounds`` rounds, each take in a fresh
-    process (:func:`harness.archspeed.measure`); ``speed.json``."""
+    process (:func:`harness.archspeed.measure`); ``speed.json``.  ``again=False``: nothing is measured
+    where the study's speed.json is current (:func:`speed_is_current`)."""
     from harness import archspeed
 
     configs = model_configs(sp, results_dir)
     if not configs:
         print(f"speed: no model of study {sp.name} is in this cache ({cache_dir()}); run the study first")
         return []
+    out = sp.folder(results_dir) / "speed.json"
+    if not again and out.is_file() and speed_is_current(json.loads(out.read_text()), configs, threads):
+        print(f"speed: {out} already measured every architecture of the study on this CPU at this thread "
+              f"count; kept (`study speed` measures again)")
+        return []
     lengths, about = dev_lengths(sp, glue_dir)
     result = archspeed.measure(configs, lengths, threads, rounds=rounds)
     result["settings"]["dev_lengths"] = about
-    out = sp.folder(results_dir) / "speed.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return [out]

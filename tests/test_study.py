@@ -414,8 +414,11 @@ def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     assert dev["split"] == "dev" and dev["tokenizer"] == "tiny-bert" and dev["examples"] > 0
     assert "Dev lengths: SST-2 dev" in (out / "speed.md").read_text()
     assert all(e["interop_threads"] == 1 and len(e["cpus"]) == 1 for e in speed["archs"].values())
+    measured = (out / "speed.json").read_bytes()
     again = harness_cli("study", "run", str(s), *args, "--allow-dirty", "--threads", "1", "--rounds", "1")
     assert again.returncode == 0 and again.stdout.count("skipped: this study's record exists") == 4
+    assert "already measured every architecture" in again.stdout  # speed is not taken twice by `run`
+    assert (out / "speed.json").read_bytes() == measured
     # a second study sharing the KD row copies its records (same recipe hash, same commit), teachers too
     t = tmp_path / "studies" / "t.yaml"
     t.write_text(f"recipes: ['{tmp_path}/recipes/glue/{{task}}/kd/tiny.yaml']\ntasks: [sst2]\nseeds: [1, 2]\n"
@@ -435,6 +438,22 @@ def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     assert teachers == sorted(p.relative_to(out) for p in (out / "runs" / "teachers").rglob("metrics.json"))
     t_cells = pd.read_csv(results / "studies" / "t" / "table.csv")
     assert sorted(t_cells[t_cells.kind == "student"].n) == [2]
+
+
+def test_run_keeps_a_speed_measurement_only_of_every_architecture_on_this_cpu_and_threads():
+    from harness.archspeed import arch_key, cpu_model, default_threads
+    from harness.study_cmd import speed_is_current
+
+    small = {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2}
+    big = small | {"num_hidden_layers": 4}
+    result = {"archs": {arch_key(small): {}, arch_key(big): {}},
+              "machine": {"cpu": cpu_model(), "threads": default_threads()}}
+    assert speed_is_current(result, {"s": small, "t": big}, None)
+    assert speed_is_current(result, {"s": small}, default_threads())
+    assert not speed_is_current(result, {"s": small, "w": small | {"hidden_size": 64}}, None)  # a new one
+    assert not speed_is_current(result, {"s": small}, default_threads() + 1)
+    assert not speed_is_current(result | {"machine": {"cpu": "another CPU", "threads": default_threads()}},
+                                {"s": small}, None)
 
 
 def test_retention_is_against_the_strongest_teacher_read():
