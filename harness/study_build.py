@@ -140,7 +140,9 @@ class _Builder:
 
     def _teacher_row(self, key: tuple[str, tuple[str, ...]], recs: list[Rec]) -> Row:
         card, co = key
-        name = f"teacher: {card}" + (f" (co-finetuned with {', '.join(co)})" if co else "")
+        # a co-finetuned copy says its own seed too: its partners' names carry theirs
+        name = f"teacher: {card}" + (f" (seed {recs[0].record.seed}, co-finetuned with {', '.join(co)})"
+                                     if co else "")
         cells = {r.record.task: self.cell([r], []) for r in recs}  # a collapsed teacher is flagged too
         return Row(name, "teacher", card, cells, recs[0].record.params.total, budget=_row_budget(cells),
                    **self._latency(card))

@@ -360,13 +360,15 @@ def test_cofinetuned_copies_of_one_card_are_three_teachers(study):
     for i, instance in enumerate(("C0", "C1", "C2")):
         fake(sp.folder(results) / "runs" / "teachers" / "tiny-bert" / "sst2" / f"co-x-seed{i}", kind="teacher",
              name="teacher/tiny-bert", model="tiny-bert", instance=instance, data="d1", preds=flip(0.05 + i / 100, 9),
-             cofinetuned_with=names[:i] + names[i + 1:])
+             cofinetuned_with=names[:i] + names[i + 1:], seed=i)
     joint = [{"card": "tiny-bert", "weight": 1 / 3, "instance": c} for c in ("C0", "C1", "C2")]
     for seed in range(3):
         kd_seed(sp, results, seed, teachers=joint if seed < 2 else joint[:2] + [joint[2] | {"instance": "C9"}])
     t = build_table(sp, results)
     assert t.row("kd/tiny").cells["sst2"].seeds == (0, 1) and "instance C9" in reasons(t)[2]
     co = [r for r in t.rows if r.kind == "teacher" and "co-finetuned" in r.key]
+    first = "teacher: tiny-bert (seed 0, co-finetuned with tiny-bert (seed 1), tiny-bert (seed 2))"
+    assert sorted(r.key for r in co)[0] == first  # each copy names its own seed too
     assert len(co) == 3 and t.row("kd/tiny").cells["sst2"].retention == pytest.approx(100 * 0.9 / 0.95)
 
 
