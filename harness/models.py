@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, MobileBertConfig
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, MobileBertConfig,
+                          PretrainedConfig)
 
 from harness.recipe_parts import ConfigStudent, MobileBertStudent, PretrainedStudent, Student, TeacherLayersStudent
 from harness.recipe_students import student_label
@@ -91,15 +92,26 @@ def build_student(s: Student, card: Card | None, task: Task, seed: int):
     if isinstance(s, PretrainedStudent):
         return load_classifier(s.checkpoint, task), load_tokenizer(s.checkpoint), student_label(s, card)
     assert isinstance(s, ConfigStudent)
+    tok = load_tokenizer(card.pretrained_path())
+    # transformers' own classes, picked by the auto class from the config (MobileBERT's module is slow to
+    # import: it is imported only when such a student is built)
+    return AutoModelForSequenceClassification.from_config(student_config(s, card, task)), tok, student_label(s, card)
+
+
+def student_config(s: Student, card: Card | None, task: Task) -> PretrainedConfig:
+    """The config of the model :func:`build_student` builds for ``s``, without building it (a study's
+    speed is measured from configs alone)."""
+    if isinstance(s, TeacherLayersStudent):
+        config = AutoConfig.from_pretrained(card.pretrained_path(), num_labels=task.num_labels)
+        config.num_hidden_layers = len(s.layers)  # as keep_layers leaves it
+        return config
+    if isinstance(s, PretrainedStudent):
+        return AutoConfig.from_pretrained(s.checkpoint, num_labels=task.num_labels)
     path = card.pretrained_path()
-    tok = load_tokenizer(path)
     base = AutoConfig.from_pretrained(path)
     if isinstance(s, MobileBertStudent):
-        # transformers' own MobileBertForSequenceClassification, picked by the auto class from the config (and
-        # imported only when a MobileBERT student is built: its module is slow to import)
-        model = AutoModelForSequenceClassification.from_config(mobilebert_config(s, tok, base, task))
-        return model, tok, student_label(s, card)
-    config = AutoConfig.for_model(
+        return mobilebert_config(s, load_tokenizer(path), base, task)
+    return AutoConfig.for_model(
         base.model_type,
         vocab_size=base.vocab_size,
         hidden_size=s.hidden,
@@ -111,8 +123,6 @@ def build_student(s: Student, card: Card | None, task: Task, seed: int):
         num_labels=task.num_labels,
         problem_type="regression" if task.is_regression else "single_label_classification",
     )
-    model = AutoModelForSequenceClassification.from_config(config)
-    return model, tok, student_label(s, card)
 
 
 def mobilebert_config(s: MobileBertStudent, tok, base, task: Task) -> MobileBertConfig:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from harness.options import Options
-from harness.paths import REPO_ROOT, cache_dir
+from harness.paths import REPO_ROOT
 from harness.records import code_state, git_state
 from harness.schema import ConfigError
 from harness.study import StudyPlan
@@ -51,33 +51,6 @@ def run_study(sp: StudyPlan, opts: Options, allow_dirty: bool, log=print) -> Non
         trained = runner.run_recipe(cell.plan, opts)
         if progress is not None:
             log(progress.update(trained))
-
-
-def model_configs(sp: StudyPlan, results_dir: Path) -> dict[str, dict]:
-    """model label -> its config.json, for every model of the study's kept records whose files this
-    cache holds (students: their checkpoint; teachers: their fine-tuned folder).  The classifier's width
-    (1, 2 or 3 labels) costs nothing measurable, so every config gets 2: one measurement per encoder."""
-    from harness.archspeed import arch_key
-    from harness.study_records import read_study_records
-    from harness.study_rules import Rules
-
-    rules = Rules(sp, read_study_records(sp.folder(results_dir)), allow_dirty=True)
-    out: dict[str, dict] = {}
-    for r in sorted(rules.kept(), key=lambda r: r.folder):
-        m = r.record
-        folder = cache_dir() / "teachers" / m.model / m.task / Path(r.folder).name if m.kind == "teacher" \
-            else Path(m.checkpoint) if m.checkpoint else None
-        if folder is None or not (folder / "config.json").is_file():
-            continue
-        config = json.loads((folder / "config.json").read_text())
-        config = {k: v for k, v in config.items() if k not in ("id2label", "label2id")} | {"num_labels": 2}
-        if m.model in out and arch_key(out[m.model]) != arch_key(config):
-            # the speed table and the study's latency column look models up by this label
-            raise ConfigError(f"two architectures of study {sp.name} share the model label {m.model!r} "
-                              f"({r.folder} and an earlier record); give the students names of their own "
-                              "(student: {name: ...} in their recipes)")
-        out.setdefault(m.model, config)
-    return out
 
 
 def write_tables(sp: StudyPlan, results_dir: Path, allow_dirty: bool) -> tuple[list[Path], str]:
@@ -133,15 +106,14 @@ def speed_is_current(result: dict, configs: dict[str, dict], threads: int | None
 
 def measure_speed(sp: StudyPlan, results_dir: Path, glue_dir: Path | None, threads: int | None,
                   rounds: int = 3, again: bool = True) -> list[Path]:
-    """Every architecture of the study's models measured in ``rounds`` rounds, each take in a fresh
+    """Every architecture of the study's models (:func:`harness.study_models.speed_configs`: from its
+    recipes and cards, no training needed) measured in ``rounds`` rounds, each take in a fresh
     process (:func:`harness.archspeed.measure`); ``speed.json``.  ``again=False``: nothing is measured
     where the study's speed.json is current (:func:`speed_is_current`)."""
     from harness import archspeed
+    from harness.study_models import speed_configs
 
-    configs = model_configs(sp, results_dir)
-    if not configs:
-        print(f"speed: no model of study {sp.name} is in this cache ({cache_dir()}); run the study first")
-        return []
+    configs = speed_configs(sp, results_dir)
     out = sp.folder(results_dir) / "speed.json"
     if not again and out.is_file() and speed_is_current(json.loads(out.read_text()), configs, threads):
         print(f"speed: {out} already measured every architecture of the study on this CPU at this thread "

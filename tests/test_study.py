@@ -480,7 +480,7 @@ def test_retention_is_against_the_strongest_teacher_read():
 
 def test_two_architectures_under_one_model_label_are_refused(study, tmp_path):
     from harness.schema import ConfigError
-    from harness.study_cmd import model_configs
+    from harness.study_models import model_configs
 
     sp, results = study
     populate(sp, results)
@@ -496,6 +496,29 @@ def test_two_architectures_under_one_model_label_are_refused(study, tmp_path):
         (folder / "metrics.json").write_text(json.dumps(record | {"checkpoint": str(ckpt)}))
     with pytest.raises(ConfigError, match="share the model label 'm'"):
         model_configs(sp, results)
+
+
+def test_speed_measures_the_models_the_recipes_build_and_refuses_records_of_others(study, tmp_path):
+    from harness.archspeed import arch_fields
+    from harness.study_models import recipe_configs, speed_configs
+
+    sp, results = study
+    configs = recipe_configs(sp)  # no record, no checkpoint: the recipes and the card alone
+    assert sorted(configs) == ["2L-from-tiny-bert", "tiny-bert"]
+    student, teacher = arch_fields(configs["2L-from-tiny-bert"]), arch_fields(configs["tiny-bert"])
+    assert student["num_hidden_layers"] == 2 and teacher["num_hidden_layers"] > 2
+    assert {k: v for k, v in student.items() if k != "num_hidden_layers"} == \
+        {k: v for k, v in teacher.items() if k != "num_hidden_layers"}  # cut from it: the same blocks
+    assert speed_configs(sp, results) == configs
+    populate(sp, results)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(configs["2L-from-tiny-bert"] | {"num_hidden_layers": 3}))
+    folder = sp.folder(results) / "runs" / next(c.plan for c in sp.cells if c.row == "kd/tiny").name / "seed0"
+    record = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps(record | {"checkpoint": str(ckpt), "model": "2L-from-tiny-bert"}))
+    with pytest.raises(ConfigError, match="its recipe now builds a bert 2L"):
+        speed_configs(sp, results)
 
 
 def test_budget_sums_progressive_blocks_so_seeds_of_one_budget_agree():
