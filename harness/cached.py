@@ -5,16 +5,19 @@ its run record inside (``<folder>/record``) and a copy under the results folder.
 ``cached_run`` is the one place that does this: under the entry's lock (a second process waits, then
 reuses), train into ``<folder>.tmp``, write its manifest (:mod:`harness.integrity`), rename it into
 place, copy the record to the results folder.  An entry without an intact manifest is never read: it
-is rebuilt with a warning.
+is rebuilt with a warning.  In a study, a model whose kept record its students read is trained again
+(its cache lost) only where it will come out the same weights (``refuse_other_weights``).
 ``finish`` saves and times a trained model; ``summary`` prints a run's one-line result.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from harness import bench
@@ -24,6 +27,7 @@ from harness.models import count_parameters, save_model, weights_size_bytes
 from harness.recipe_parts import SpeedSettings
 from harness.records import read_record, record_commit, same_data, short_state
 from harness.run_record import RunRecord
+from harness.schema import ConfigError
 
 Entry = tuple[Path, Path]  # (cache folder, record folder under results/runs)
 
@@ -46,11 +50,13 @@ def is_done(folder: Path, data: str, commit: str | None = None) -> bool:
 def _copy_record(folder: Path, record_dir: Path, replace: bool) -> None:
     """The cached model's record into the results folder.  A run keeps a record already there of the
     same data (one trained elsewhere, which its students' teacher_scores tell apart); a study replaces
-    one that differs, so its teacher records are those of the instances its students read."""
+    one of other weights, so its teacher records are those of the instances its students read (one of
+    the same weights, trained again, stays: only its wall time differs)."""
     there, record = record_dir / "metrics.json", folder / "record"
-    if there.exists() and (there.read_bytes() == (record / "metrics.json").read_bytes() or
-                           not replace and same_data(read_record(record_dir), read_record(record).data)):
-        return
+    if there.exists():
+        kept, new = read_record(record_dir), read_record(record)
+        if kept.instance is not None and kept.instance == new.instance or not replace and same_data(kept, new.data):
+            return
     shutil.rmtree(record_dir, ignore_errors=True)
     shutil.copytree(record, record_dir)
 
@@ -65,12 +71,47 @@ def cached_run(entries: list[Entry], train: Callable[[list[Path]], None], data: 
     with locked(entries[0][0], "this model") if is_main() else contextlib.nullcontext():
         barrier()  # the other ranks wait until rank 0 holds the lock
         if not all(is_done(folder, data, commit) for folder, _ in entries):
+            if commit is not None:
+                refuse_other_weights(entries, data, commit)
             _train_into_place(entries, train)
         if is_main():
             for folder, record_dir in entries:
                 _copy_record(folder, record_dir, replace=commit is not None)
         barrier()
     return [read_record(folder / "record") for folder, _ in entries]
+
+
+# what decides a CPU training's weights besides the spec and the commit: the same values reproduce the
+# kept weights bit for bit (a WNLI teacher trained again after its cache was lost: the same instance)
+WEIGHT_CONDITIONS = {"cpu_threads": "threads (OMP_NUM_THREADS)", "torch": "torch"}
+
+
+def _conditions(env: dict) -> dict[str, object] | None:
+    """The conditions an env.json (records.env_info) names; None for one written before it had threads."""
+    return {"cpu_threads": env["cpu_threads"], "torch": env["packages"]["torch"]} if "cpu_threads" in env else None
+
+
+def refuse_other_weights(entries: list[Entry], data: str, commit: str) -> None:
+    """In a study, refuse to train again a model whose kept record (same data, same commit) was trained
+    under other conditions: the weights would differ from the instance its students read, and a study
+    keeps one instance per teacher, so those students would leave the tables.  Same conditions: the
+    training is deterministic on a CPU and gives the kept weights again."""
+    now = {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__}  # as env_info writes them
+    for _, record_dir in entries:
+        env_file = record_dir / "env.json"
+        if not (env_file.is_file() and (record_dir / "metrics.json").is_file()):
+            continue
+        kept = _conditions(json.loads(env_file.read_text()))
+        if kept is None or kept == now or not (same_data(read_record(record_dir), data)
+                                               and record_commit(record_dir) == commit):
+            continue
+        differ = ", ".join(f"{WEIGHT_CONDITIONS[k]} {kept[k]} then, {now[k]} now" for k in kept if kept[k] != now[k])
+        raise ConfigError(
+            f"{record_dir} is this study's record of a model its students read, and it is not in this cache; "
+            f"training it again here ({differ}) would give other weights than the instance they read, and a "
+            f"study keeps one instance per teacher.  Train under the record's conditions (e.g. "
+            f"OMP_NUM_THREADS={kept['cpu_threads']}), which reproduce its weights, or delete that record "
+            "to train a new instance on purpose.")
 
 
 def _train_into_place(entries: list[Entry], train: Callable[[list[Path]], None]) -> None:
