@@ -6,7 +6,7 @@ its run record inside (``<folder>/record``) and a copy under the results folder.
 reuses), train into ``<folder>.tmp``, write its manifest (:mod:`harness.integrity`), rename it into
 place, copy the record to the results folder.  An entry without an intact manifest is never read: it
 is rebuilt with a warning.  In a study, a model whose kept record its students read is trained again
-(its cache lost) only where it will come out the same weights (``refuse_other_weights``).
+(its cache lost) as that record was, so that it comes out the same weights (``kept_conditions``).
 ``finish`` saves and times a trained model; ``summary`` prints a run's one-line result.
 """
 from __future__ import annotations
@@ -71,9 +71,8 @@ def cached_run(entries: list[Entry], train: Callable[[list[Path]], None], data: 
     with locked(entries[0][0], "this model") if is_main() else contextlib.nullcontext():
         barrier()  # the other ranks wait until rank 0 holds the lock
         if not all(is_done(folder, data, commit) for folder, _ in entries):
-            if commit is not None:
-                refuse_other_weights(entries, data, commit)
-            _train_into_place(entries, train)
+            with kept_conditions(entries, data, commit) if commit is not None else contextlib.nullcontext():
+                _train_into_place(entries, train)
         if is_main():
             for folder, record_dir in entries:
                 _copy_record(folder, record_dir, replace=commit is not None)
@@ -81,37 +80,48 @@ def cached_run(entries: list[Entry], train: Callable[[list[Path]], None], data: 
     return [read_record(folder / "record") for folder, _ in entries]
 
 
-# what decides a CPU training's weights besides the spec and the commit: the same values reproduce the
-# kept weights bit for bit (a WNLI teacher trained again after its cache was lost: the same instance)
-WEIGHT_CONDITIONS = {"cpu_threads": "threads (OMP_NUM_THREADS)", "torch": "torch"}
+# A CPU training's weights are decided by its spec, its commit, its thread count and torch: trained
+# again under the same ones it gives the kept weights bit for bit (a cache lost: the zoo's teachers came
+# out with their committed instances).
 
 
-def _conditions(env: dict) -> dict[str, object] | None:
-    """The conditions an env.json (records.env_info) names; None for one written before it had threads."""
-    return {"cpu_threads": env["cpu_threads"], "torch": env["packages"]["torch"]} if "cpu_threads" in env else None
+def _kept(record_dir: Path, data: str, commit: str) -> dict | None:
+    """The env.json of a study's kept record of this model (same data, same commit), if there is one
+    that names its threads (records.env_info)."""
+    env_file = record_dir / "env.json"
+    if not (env_file.is_file() and (record_dir / "metrics.json").is_file()):
+        return None
+    env = json.loads(env_file.read_text())
+    if "cpu_threads" not in env or not same_data(read_record(record_dir), data) or record_commit(record_dir) != commit:
+        return None
+    return env
 
 
-def refuse_other_weights(entries: list[Entry], data: str, commit: str) -> None:
-    """In a study, refuse to train again a model whose kept record (same data, same commit) was trained
-    under other conditions: the weights would differ from the instance its students read, and a study
-    keeps one instance per teacher, so those students would leave the tables.  Same conditions: the
-    training is deterministic on a CPU and gives the kept weights again."""
-    now = {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__}  # as env_info writes them
-    for _, record_dir in entries:
-        env_file = record_dir / "env.json"
-        if not (env_file.is_file() and (record_dir / "metrics.json").is_file()):
-            continue
-        kept = _conditions(json.loads(env_file.read_text()))
-        if kept is None or kept == now or not (same_data(read_record(record_dir), data)
-                                               and record_commit(record_dir) == commit):
-            continue
-        differ = ", ".join(f"{WEIGHT_CONDITIONS[k]} {kept[k]} then, {now[k]} now" for k in kept if kept[k] != now[k])
-        raise ConfigError(
-            f"{record_dir} is this study's record of a model its students read, and it is not in this cache; "
-            f"training it again here ({differ}) would give other weights than the instance they read, and a "
-            f"study keeps one instance per teacher.  Train under the record's conditions (e.g. "
-            f"OMP_NUM_THREADS={kept['cpu_threads']}), which reproduce its weights, or delete that record "
-            "to train a new instance on purpose.")
+@contextlib.contextmanager
+def kept_conditions(entries: list[Entry], data: str, commit: str):
+    """Train a model again, in a study, as its kept record was trained, so that it comes out the instance
+    the study's students read (a study keeps one instance per teacher: other weights would split it):
+    with the record's thread count for the while, and refused under another torch."""
+    kept = [(d, env) for _, d in entries if (env := _kept(d, data, commit)) is not None]
+    for record_dir, env in kept:
+        if env["packages"]["torch"] != torch.__version__:
+            raise ConfigError(
+                f"{record_dir} is this study's record of a model its students read, and it is not in this "
+                f"cache; trained again under torch {torch.__version__} (the record's: {env['packages']['torch']}) "
+                "it would not be the instance they read, and a study keeps one instance per teacher. Install "
+                "the record's torch, or delete that record to train a new instance on purpose.")
+    before, threads = torch.get_num_threads(), kept[0][1]["cpu_threads"] if kept else None
+    if threads is None or threads == before:
+        yield
+        return
+    if is_main():
+        print(f"note: training {kept[0][0]} again with {threads} threads (now {before}), as its record was, "
+              "so that it comes out the instance the study's students read", flush=True)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train_into_place(entries: list[Entry], train: Callable[[list[Path]], None]) -> None:
