@@ -8,6 +8,7 @@
 # batch 32, length 128, bf16 autocast: 19.8 + 19.9 against 29.2 ex/s).  Rows two studies share are
 # trained once where one lane finds the other's record (a run being trained by the other lane is not
 # waited for: both may train it).  CAMPAIGN_LANES=1 runs the three studies one after another on every core.
+# A lost cache costs only time: teachers are trained again, as their records were (campaign_teachers.py).
 set -u
 commit=${1:?usage: bash results/campaign.sh COMMIT}
 main=$(git rev-parse --show-toplevel)
@@ -27,6 +28,11 @@ lane() {
     echo "$(date -u +%FT%T) end $s rc=$rc"
   done
 }
+
+# teachers whose committed records a lane could not reproduce (trained with more threads): into the
+# cache first, each with its record's thread count (a no-op for those already cached)
+PYTHONPATH=$tree $py "$main/results/campaign_teachers.py" "$main/results" studies/zoo.yaml \
+  studies/multi_teacher.yaml studies/soft_ablation.yaml >> /tmp/campaign-teachers.log 2>&1 || exit 1
 
 if [ "${CAMPAIGN_LANES:-2}" = 1 ]; then
   lane zoo soft_ablation multi_teacher

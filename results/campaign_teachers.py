@@ -1,0 +1,51 @@
+"""Fine-tune into the cache, before the lanes start, every card teacher a study's committed teacher
+record names, under the thread count that record was trained with (the campaign's first teachers were
+trained by one 2-thread process, the rest in 1-thread lanes).
+
+Why: CPU training is deterministic, so a teacher trained again at the record's commit, thread count and
+torch is the very instance the study's students read; a lane (1 thread) training a 2-thread teacher
+again would give other weights and split the study's teacher.  The harness since a87b658 sets the
+record's thread count itself (harness.cached.kept_conditions); the campaign's commit, 86a30af, does not,
+so results/campaign.sh runs this from its worktree first.  Uses only what that commit has.
+
+    python results/campaign_teachers.py RESULTS_DIR STUDY.yaml...   # from the worktree, its harness
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from harness import engine
+from harness.options import Options
+from harness.study import load_study
+from harness.study_cmd import check_tree
+from harness.tasks import resolve_glue_dir
+from harness.teacher_prep import ensure_teacher
+
+
+def main(results_dir: Path, studies: list[str]) -> None:
+    engine.init_distributed()
+    commit, default, done = check_tree(False), torch.get_num_threads(), set()
+    for s in studies:
+        sp = load_study(Path(s))
+        opts = Options(results_dir=sp.folder(results_dir), glue_dir=resolve_glue_dir(None), study_commit=commit)
+        for cell in sp.cells:
+            if cell.plan.recipe.cofinetune is not None:  # co-finetuned in a lane, as their records were
+                continue
+            for t in cell.plan.teachers:
+                env = t.record_dir(opts.results_dir, 0) / "env.json" if t.card is not None else None
+                if env is None or not env.is_file() or (t.card.name, t.task) in done:
+                    continue
+                done.add((t.card.name, t.task))
+                threads = json.loads(env.read_text())["cpu_threads"]
+                print(f"teacher {t.card.name} on {t.task}: {threads} threads, as its record", flush=True)
+                torch.set_num_threads(threads)
+                ensure_teacher(t, opts)
+                torch.set_num_threads(default)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2:])
