@@ -33,3 +33,10 @@ def spec_hash(spec: dict) -> str:
     """12 hex digits of SHA-256 over the spec's canonical JSON, operational fields at their defaults."""
     canonical = json.dumps(_operational_at_default(spec), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def one_run(resolved: dict, seed: int) -> dict:
+    """A resolved recipe as one run of it is: ``training.seed`` that run's seed rather than the list the
+    recipe (or a study) asks for, so that a run's hash, cache folders and record do not change when
+    other seeds are added beside it."""
+    return resolved | {"training": resolved["training"] | {"seed": seed}}

@@ -24,6 +24,7 @@ from pathlib import Path
 import pydantic
 import yaml
 
+from harness.hashing import one_run, spec_hash
 from harness.metrics import compute_metrics
 from harness.run_record import RunRecord, upgrade
 from harness.tasks import get_task
@@ -149,9 +150,15 @@ def read_record(folder: Path) -> RunRecord:
     """A record folder's ``metrics.json``, validated (and brought to the current schema version)."""
     path = folder / "metrics.json"
     try:
-        return RunRecord.model_validate(upgrade(json.loads(path.read_text())))
+        return RunRecord.model_validate(upgrade(json.loads(path.read_text()), stored_recipe(folder)))
     except (ValueError, pydantic.ValidationError) as e:
         raise RecordError(f"{path}: not a valid run record: {e}") from None
+
+
+def stored_recipe(folder: Path) -> dict | None:
+    """A record folder's ``recipe.yaml`` (None: a folder without one)."""
+    path = folder / "recipe.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
 def rewrite_record(folder: Path, record: RunRecord) -> None:
@@ -216,8 +223,11 @@ def migrate(results_dir: Path) -> list[Path]:
     changed = []
     for folder in every_record_folder(results_dir):
         raw = json.loads((folder / "metrics.json").read_text())
-        record = read_record(folder)
+        record, recipe = read_record(folder), stored_recipe(folder)
         if record.to_json() != raw:
             rewrite_record(folder, record)
             changed.append(folder)
+        if recipe is not None and record.kind != "teacher" and spec_hash(one_run(recipe, record.seed)) == \
+                record.recipe_hash and one_run(recipe, record.seed) != recipe:  # the recipe as the run was
+            (folder / "recipe.yaml").write_text(yaml.safe_dump(one_run(recipe, record.seed), sort_keys=False))
     return changed

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from harness.hashing import spec_hash
+from harness.hashing import one_run, spec_hash
 from harness.losses import Shape
 from harness.paths import cache_dir
 from harness.precision import key_part
@@ -105,7 +105,7 @@ class RunPlan:
 
     def resolved(self, seed: int) -> dict:
         """What a run's record stores and its hash keys: the recipe, the seed, and what each teacher is."""
-        return self.recipe.resolved() | key_part(self.recipe.deepspeed.precision, self.precision) | {
+        return one_run(self.recipe.resolved(), seed) | key_part(self.recipe.deepspeed.precision, self.precision) | {
             "seed": seed, "teacher_checkpoints": [t.checkpoint_spec(seed) for t in self.teachers]}
 
     def hash(self, seed: int) -> str:

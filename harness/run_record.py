@@ -12,7 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+from harness.hashing import one_run, spec_hash
+
+SCHEMA_VERSION = 2  # 2: a run's recipe hashed with its own seed alone (upgrade)
 
 
 class _Part(BaseModel):
@@ -146,9 +148,17 @@ class RunRecord(_Part):
         return {"schema_version": self.schema_version} | self.model_dump(mode="json", exclude_unset=True)
 
 
-def upgrade(data: dict) -> dict:
-    """A stored record brought to the current schema version (version 1: no ``schema_version`` key)."""
+def upgrade(data: dict, recipe: dict | None) -> dict:
+    """A stored record brought to the current schema version, given its folder's ``recipe.yaml`` (None:
+    absent).  Version 1 (also: no ``schema_version`` key) hashed a run's recipe with ``training.seed`` the
+    whole seed list asked for, so a seed added to a study changed every seed's hash; version 2 hashes
+    each run with its own seed alone (:func:`harness.hashing.one_run`).  A version-1 student or stage
+    record whose recipe hashes to its ``recipe_hash`` is hashed again that way; any other keeps its hash
+    (a teacher's spec has no seed list; a student of an assistant stage names the stage's old hash, and
+    is trained again)."""
     version = data["schema_version"] if "schema_version" in data else 1
     if version > SCHEMA_VERSION:
         raise ValueError(f"record schema version {version} is newer than this harness reads ({SCHEMA_VERSION})")
+    if version == 1 and data["kind"] != "teacher" and recipe is not None and spec_hash(recipe) == data["recipe_hash"]:
+        data = data | {"recipe_hash": spec_hash(one_run(recipe, data["seed"]))}
     return data | {"schema_version": SCHEMA_VERSION}

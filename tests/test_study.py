@@ -459,9 +459,45 @@ def _lost_teacher_is_trained_again_as_its_record_was(s: Path, out: Path, args: t
                         env={"OMP_NUM_THREADS": str(other)})
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"again with {threads} threads (now {other}), as its record was" in again.stdout, again.stdout
+    # the seeds recorded before seed 3 was asked for are the same runs (a run is hashed with its own seed)
+    assert again.stdout.count("skipped: this study's record exists") == 4, again.stdout
     assert teacher.read_bytes() == kept
     seed3 = json.loads((out / "runs" / "glue" / "sst2" / "kd" / "tiny" / "seed3" / "metrics.json").read_text())
     assert seed3["teachers"][0]["instance"] == json.loads(kept)["instance"]
+
+
+def test_a_runs_hash_is_of_its_own_seed_and_old_records_are_read_so(tmp_path, tiny_card):
+    """A run is hashed with its own seed alone: studies asking for other seed lists share it.  A
+    version-1 record (hashed with the whole list) is read with the version-2 hash, and ``records
+    migrate`` rewrites it so, its recipe.yaml as the run was."""
+    import yaml
+
+    from harness.hashing import spec_hash
+    from harness.records import read_record
+
+    write_recipes(tmp_path, tiny_card, ("sst2",))
+    def plans(seeds: str) -> list:
+        return [c.plan for c in load_study(write_study(tmp_path, f"tasks: [sst2]\nseeds: {seeds}\nbaseline: nokd/tiny\n")).cells]
+
+    three, two = plans("[0, 1, 2]"), plans("[0, 1]")
+    assert [p.hash(1) for p in three] == [p.hash(1) for p in two] and three[0].hash(0) != three[0].hash(1)
+    assert three[0].resolved(1)["training"]["seed"] == 1
+    plan, folder = three[0], tmp_path / "results" / "runs" / "old" / "seed1"
+    old = plan.resolved(1) | {"training": plan.resolved(1)["training"] | {"seed": [0, 1, 2]}}  # as 1 wrote it
+    folder.mkdir(parents=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    raw = run_record(name=plan.name, seed=1, recipe_hash=spec_hash(old)).to_json() | {"schema_version": 1}
+    (folder / "metrics.json").write_text(json.dumps(raw))
+    assert read_record(folder).recipe_hash == plan.hash(1) != spec_hash(old)
+    stale = raw | {"recipe_hash": "f" * 12}  # a hash its recipe.yaml does not give: kept, not made to match
+    (folder / "metrics.json").write_text(json.dumps(stale))
+    assert read_record(folder).recipe_hash == "f" * 12
+    (folder / "metrics.json").write_text(json.dumps(raw))
+    migrated = harness_cli("records", "migrate", "--results-dir", str(tmp_path / "results"))
+    assert migrated.returncode == 0 and f"migrated {folder}" in migrated.stdout, migrated.stdout + migrated.stderr
+    stored = json.loads((folder / "metrics.json").read_text())
+    assert stored["schema_version"] == 2 and stored["recipe_hash"] == plan.hash(1)
+    assert spec_hash(yaml.safe_load((folder / "recipe.yaml").read_text())) == plan.hash(1)
 
 
 def test_a_lost_teacher_is_not_trained_again_under_another_torch(tmp_path):
