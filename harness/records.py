@@ -27,6 +27,7 @@ import yaml
 from harness.hashing import one_run, spec_hash
 from harness.metrics import compute_metrics
 from harness.run_record import RunRecord, upgrade
+from harness.schema import parse_yaml
 from harness.tasks import get_task
 
 PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "evaluate", "pandas", "tabulate", "pydantic",
@@ -150,7 +151,7 @@ def read_record(folder: Path) -> RunRecord:
     """A record folder's ``metrics.json``, validated (and brought to the current schema version)."""
     path = folder / "metrics.json"
     try:
-        return RunRecord.model_validate(upgrade(json.loads(path.read_text()), stored_recipe(folder)))
+        return RunRecord.model_validate(upgrade(json.loads(path.read_text()), lambda: stored_recipe(folder)))
     except (ValueError, pydantic.ValidationError) as e:
         raise RecordError(f"{path}: not a valid run record: {e}") from None
 
@@ -158,7 +159,7 @@ def read_record(folder: Path) -> RunRecord:
 def stored_recipe(folder: Path) -> dict | None:
     """A record folder's ``recipe.yaml`` (None: a folder without one)."""
     path = folder / "recipe.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    return parse_yaml(path.read_text()) if path.is_file() else None
 
 
 def rewrite_record(folder: Path, record: RunRecord) -> None:

@@ -8,7 +8,7 @@ Its JSON Schema is exported to ``schemas/run_record.schema.json`` (``harness rec
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -148,9 +148,9 @@ class RunRecord(_Part):
         return {"schema_version": self.schema_version} | self.model_dump(mode="json", exclude_unset=True)
 
 
-def upgrade(data: dict, recipe: dict | None) -> dict:
-    """A stored record brought to the current schema version, given its folder's ``recipe.yaml`` (None:
-    absent).  Version 1 (also: no ``schema_version`` key) hashed a run's recipe with ``training.seed`` the
+def upgrade(data: dict, recipe: Callable[[], dict | None]) -> dict:
+    """A stored record brought to the current schema version, given what reads its folder's
+    ``recipe.yaml`` (None: absent; read only for a version-1 student or stage).  Version 1 (also: no ``schema_version`` key) hashed a run's recipe with ``training.seed`` the
     whole seed list asked for, so a seed added to a study changed every seed's hash; version 2 hashes
     each run with its own seed alone (:func:`harness.hashing.one_run`).  A version-1 student or stage
     record whose recipe hashes to its ``recipe_hash`` is hashed again that way; any other keeps its hash
@@ -159,6 +159,7 @@ def upgrade(data: dict, recipe: dict | None) -> dict:
     version = data["schema_version"] if "schema_version" in data else 1
     if version > SCHEMA_VERSION:
         raise ValueError(f"record schema version {version} is newer than this harness reads ({SCHEMA_VERSION})")
-    if version == 1 and data["kind"] != "teacher" and recipe is not None and spec_hash(recipe) == data["recipe_hash"]:
-        data = data | {"recipe_hash": spec_hash(one_run(recipe, data["seed"]))}
+    if version == 1 and data["kind"] != "teacher" and (resolved := recipe()) is not None \
+            and spec_hash(resolved) == data["recipe_hash"]:
+        data = data | {"recipe_hash": spec_hash(one_run(resolved, data["seed"]))}
     return data | {"schema_version": SCHEMA_VERSION}
