@@ -31,10 +31,12 @@ lane() {
 
 # teachers whose committed records a lane could not reproduce (trained with more threads): into the
 # cache first, each with its record's thread count (a no-op for those already cached)
-PYTHONPATH=$tree $py "$main/results/campaign_teachers.py" "$main/results" studies/zoo.yaml \
+# (with two lanes, those whose records say 1 thread are left to the lanes)
+lanes=${CAMPAIGN_LANES:-2}
+PYTHONPATH=$tree $py "$main/results/campaign_teachers.py" $([ "$lanes" = 1 ] || echo --lane-threads 1) "$main/results" studies/zoo.yaml \
   studies/multi_teacher.yaml studies/soft_ablation.yaml >> /tmp/campaign-teachers.log 2>&1 || exit 1
 
-if [ "${CAMPAIGN_LANES:-2}" = 1 ]; then
+if [ "$lanes" = 1 ]; then
   lane zoo soft_ablation multi_teacher
 else
   export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # read when torch loads; the records' env.json says cpu_threads 1

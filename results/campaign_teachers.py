@@ -8,7 +8,11 @@ again would give other weights and split the study's teacher.  The harness since
 record's thread count itself (harness.cached.kept_conditions); the campaign's commit, 86a30af, does not,
 so results/campaign.sh runs this from its worktree first.  Uses only what that commit has.
 
-    python results/campaign_teachers.py RESULTS_DIR STUDY.yaml...   # from the worktree, its harness
+    python results/campaign_teachers.py [--lane-threads N] RESULTS_DIR STUDY.yaml...   # from the worktree
+
+With ``--lane-threads N``, teachers whose records say N threads are left to the lanes, which train them
+as they were anyway (with two 1-thread lanes, the MPNet teachers go on in parallel instead of one by one
+before the lanes start).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from harness.tasks import resolve_glue_dir
 from harness.teacher_prep import ensure_teacher
 
 
-def main(results_dir: Path, studies: list[str]) -> None:
+def main(results_dir: Path, studies: list[str], lane_threads: int | None) -> None:
     engine.init_distributed()
     commit, default, done = check_tree(False), torch.get_num_threads(), set()
     for s in studies:
@@ -41,6 +45,9 @@ def main(results_dir: Path, studies: list[str]) -> None:
                     continue
                 done.add((t.card.name, t.task))
                 threads = json.loads(env.read_text())["cpu_threads"]
+                if threads == lane_threads:
+                    print(f"teacher {t.card.name} on {t.task}: {threads} thread(s), left to the lanes", flush=True)
+                    continue
                 print(f"teacher {t.card.name} on {t.task}: {threads} threads, as its record", flush=True)
                 torch.set_num_threads(threads)
                 ensure_teacher(t, opts)
@@ -48,4 +55,6 @@ def main(results_dir: Path, studies: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2:])
+    args = sys.argv[1:]
+    lanes = int(args[1]) if args[:1] == ["--lane-threads"] else None
+    main(Path(args[2 if lanes is not None else 0]), args[3 if lanes is not None else 1:], lanes)
