@@ -150,12 +150,14 @@ class RunRecord(_Part):
 
 def upgrade(data: dict, recipe: Callable[[], dict | None]) -> dict:
     """A stored record brought to the current schema version, given what reads its folder's
-    ``recipe.yaml`` (None: absent; read only for a version-1 student or stage).  Version 1 (also: no ``schema_version`` key) hashed a run's recipe with ``training.seed`` the
-    whole seed list asked for, so a seed added to a study changed every seed's hash; version 2 hashes
-    each run with its own seed alone (:func:`harness.hashing.one_run`).  A version-1 student or stage
-    record whose recipe hashes to its ``recipe_hash`` is hashed again that way; any other keeps its hash
-    (a teacher's spec has no seed list; a student of an assistant stage names the stage's old hash, and
-    is trained again)."""
+    ``recipe.yaml`` (None: absent; read only for a version-1 student or stage).
+
+    Version 1 (also: no ``schema_version`` key) hashed a run's recipe with ``training.seed`` the whole
+    seed list asked for, so a seed added to a study changed every seed's hash; version 2 hashes each run
+    with its own seed alone (:func:`harness.hashing.one_run`).  A version-1 student or stage record whose
+    recipe hashes to its ``recipe_hash`` is hashed again that way; any other keeps its hash (a teacher's
+    spec has no seed list; a student of an assistant stage names the stage's old hash, and is trained
+    again)."""
     version = data["schema_version"] if "schema_version" in data else 1
     if version > SCHEMA_VERSION:
         raise ValueError(f"record schema version {version} is newer than this harness reads ({SCHEMA_VERSION})")
