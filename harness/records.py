@@ -228,7 +228,7 @@ def migrate(results_dir: Path) -> list[Path]:
         if record.to_json() != raw:
             rewrite_record(folder, record)
             changed.append(folder)
-        if recipe is not None and record.kind != "teacher" and spec_hash(one_run(recipe, record.seed)) == \
-                record.recipe_hash and one_run(recipe, record.seed) != recipe:  # the recipe as the run was
-            (folder / "recipe.yaml").write_text(yaml.safe_dump(one_run(recipe, record.seed), sort_keys=False))
+        as_run = one_run(recipe, record.seed) if recipe is not None and record.kind != "teacher" else recipe
+        if as_run != recipe and spec_hash(as_run) == record.recipe_hash:  # its seed list, hashed as one run
+            (folder / "recipe.yaml").write_text(yaml.safe_dump(as_run, sort_keys=False))
     return changed
