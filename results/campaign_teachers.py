@@ -16,8 +16,8 @@ before the lanes start).
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -55,6 +55,9 @@ def main(results_dir: Path, studies: list[str], lane_threads: int | None) -> Non
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    lanes = int(args[1]) if args[:1] == ["--lane-threads"] else None
-    main(Path(args[2 if lanes is not None else 0]), args[3 if lanes is not None else 1:], lanes)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lane-threads", type=int, default=None, help="leave teachers of this thread count to the lanes")
+    ap.add_argument("results_dir", type=Path)
+    ap.add_argument("studies", nargs="+")
+    a = ap.parse_args()
+    main(a.results_dir, a.studies, a.lane_threads)
