@@ -24,9 +24,9 @@ from pathlib import Path
 import pydantic
 import yaml
 
-from harness.hashing import one_run, spec_hash
+from harness.hashing import spec_hash
 from harness.metrics import compute_metrics
-from harness.run_record import RunRecord, upgrade
+from harness.run_record import RunRecord, StageRecipes, as_version_2, upgrade
 from harness.schema import parse_yaml
 from harness.tasks import get_task
 
@@ -151,9 +151,21 @@ def read_record(folder: Path) -> RunRecord:
     """A record folder's ``metrics.json``, validated (and brought to the current schema version)."""
     path = folder / "metrics.json"
     try:
-        return RunRecord.model_validate(upgrade(json.loads(path.read_text()), lambda: stored_recipe(folder)))
-    except (ValueError, pydantic.ValidationError) as e:
+        data = json.loads(path.read_text())
+        return RunRecord.model_validate(upgrade(data, lambda: stored_recipe(folder), stage_recipes(folder, data)))
+    except (ValueError, KeyError, pydantic.ValidationError) as e:
         raise RecordError(f"{path}: not a valid run record: {e}") from None
+
+
+def stage_recipes(folder: Path, data: dict) -> StageRecipes:
+    """What reads the recipe.yaml of an assistant stage the record in ``folder`` (its raw ``data``) read,
+    by stage name and hash: under the same runs/ folder, at runs/stages/<task>/<name>/<hash>/seed<seed>
+    (a record of recipe ``name`` sits at runs/<name>/seed<seed>, a stage's with its hash between)."""
+    depth = len(data["name"].split("/")) + (data["kind"] == "stage")
+    if depth >= len(folder.parents):  # not where a run writes its record: no stage beside it
+        return lambda name, old: None
+    runs = folder.parents[depth]
+    return lambda name, old: stored_recipe(runs / "stages" / data["task"] / name / old / f"seed{data['seed']}")
 
 
 def stored_recipe(folder: Path) -> dict | None:
@@ -220,15 +232,19 @@ def load_records(results_dir: Path) -> list[tuple[Path, RunRecord]]:
 
 def migrate(results_dir: Path) -> list[Path]:
     """Rewrite every record stored under an older schema version in the current one (studies' too);
-    returns them."""
-    changed = []
+    returns them.  Every record is read before any is written: a chain's student reads its stages'
+    recipe.yaml as they were stored."""
+    todo = []
     for folder in every_record_folder(results_dir):
         raw = json.loads((folder / "metrics.json").read_text())
         record, recipe = read_record(folder), stored_recipe(folder)
-        if record.to_json() != raw:
+        as_run = as_version_2(recipe, record.seed, stage_recipes(folder, raw)) \
+            if recipe is not None and record.kind != "teacher" else recipe
+        todo.append((folder, record, record.to_json() != raw,
+                     as_run if as_run != recipe and spec_hash(as_run) == record.recipe_hash else None))
+    for folder, record, rewrite, as_run in todo:  # as_run: its seed list (and stages) as one run has them
+        if rewrite:
             rewrite_record(folder, record)
-            changed.append(folder)
-        as_run = one_run(recipe, record.seed) if recipe is not None and record.kind != "teacher" else recipe
-        if as_run != recipe and spec_hash(as_run) == record.recipe_hash:  # its seed list, hashed as one run
+        if as_run is not None:
             (folder / "recipe.yaml").write_text(yaml.safe_dump(as_run, sort_keys=False))
-    return changed
+    return [folder for folder, _, rewrite, _ in todo if rewrite]

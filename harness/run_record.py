@@ -148,20 +148,45 @@ class RunRecord(_Part):
         return {"schema_version": self.schema_version} | self.model_dump(mode="json", exclude_unset=True)
 
 
-def upgrade(data: dict, recipe: Callable[[], dict | None]) -> dict:
+# What finds the recipe.yaml of an assistant stage a record read: (stage name, the stage's hash as the
+# record names it) -> that stage record's stored recipe, or None where there is none
+StageRecipes = Callable[[str, str], "dict | None"]
+
+
+def upgrade(data: dict, recipe: Callable[[], dict | None], stage_recipes: StageRecipes = lambda name, old: None) -> dict:
     """A stored record brought to the current schema version, given what reads its folder's
-    ``recipe.yaml`` (None: absent; read only for a version-1 student or stage).
+    ``recipe.yaml`` (None: absent; read only for a version-1 student or stage) and those of the
+    assistant stages it read.
 
     Version 1 (also: no ``schema_version`` key) hashed a run's recipe with ``training.seed`` the whole
     seed list asked for, so a seed added to a study changed every seed's hash; version 2 hashes each run
     with its own seed alone (:func:`harness.hashing.one_run`).  A version-1 student or stage record whose
-    recipe hashes to its ``recipe_hash`` is hashed again that way; any other keeps its hash (a teacher's
-    spec has no seed list; a student of an assistant stage names the stage's old hash, and is trained
-    again)."""
+    recipe hashes to its ``recipe_hash`` is hashed again that way (:func:`as_version_2`); any other keeps
+    its hash (a teacher's spec has no seed list)."""
     version = data["schema_version"] if "schema_version" in data else 1
     if version > SCHEMA_VERSION:
         raise ValueError(f"record schema version {version} is newer than this harness reads ({SCHEMA_VERSION})")
     if version == 1 and data["kind"] != "teacher" and (resolved := recipe()) is not None \
             and spec_hash(resolved) == data["recipe_hash"]:
-        data = data | {"recipe_hash": spec_hash(one_run(resolved, data["seed"]))}
+        data = data | {"recipe_hash": spec_hash(as_version_2(resolved, data["seed"], stage_recipes))}
     return data | {"schema_version": SCHEMA_VERSION}
+
+
+def as_version_2(resolved: dict, seed: int, stage_recipes: StageRecipes) -> dict:
+    """A version-1 run's resolved recipe as version 2 has it: ``training.seed`` the run's own seed, and
+    each assistant stage it read named by the stage's version-2 hash, from the stage record's recipe (a
+    chain's stages in turn).  A stage whose record is not found, or whose recipe does not give the hash
+    the run names, keeps that hash: the run then matches no version-2 cell and is trained again."""
+    run = one_run(resolved, seed)
+    if "teacher_checkpoints" not in run:
+        return run
+    return run | {"teacher_checkpoints": [_stage_as_version_2(c, seed, stage_recipes) for c in run["teacher_checkpoints"]]}
+
+
+def _stage_as_version_2(checkpoint: dict, seed: int, stage_recipes: StageRecipes) -> dict:
+    if "stage" not in checkpoint:  # a card's checkpoint: named by its card and fine-tuning, no seed list
+        return checkpoint
+    stage = stage_recipes(checkpoint["stage"], checkpoint["hash"])
+    if stage is None or spec_hash(stage) != checkpoint["hash"]:
+        return checkpoint
+    return checkpoint | {"hash": spec_hash(as_version_2(stage, seed, stage_recipes))}

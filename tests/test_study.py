@@ -500,6 +500,48 @@ def test_a_runs_hash_is_of_its_own_seed_and_old_records_are_read_so(tmp_path, ti
     assert spec_hash(yaml.safe_load((folder / "recipe.yaml").read_text())) == plan.hash(1)
 
 
+def test_a_chain_students_old_record_names_its_assistant_by_the_new_hash(tmp_path, tiny_card):
+    """A version-1 chain student named its assistant stage by the stage's version-1 hash: it is read
+    with the stage's version-2 hash (from the stage record's recipe.yaml beside it) and so matches its
+    cell; ``records migrate`` rewrites both records and both recipe.yaml, and a second pass nothing."""
+    import yaml
+
+    from harness.hashing import spec_hash
+    from harness.plan import load
+    from harness.records import migrate, read_record
+
+    chain = tmp_path / "recipes" / "glue" / "sst2" / "ta_chain" / "tiny.yaml"
+    chain.parent.mkdir(parents=True)
+    chain.write_text(f"task: sst2\nassistants:\n  - name: ta\n    teachers: [{{card: {tiny_card}}}]\n"
+                     f"    student: {{init: teacher_layers, layers: [0, 1, 3]}}\n"
+                     "    objective: [{term: hinton_kd, temperature: 2.0, alpha: 0.5}]\n"
+                     f"teachers: [{{stage: ta}}]\nstudent: {{init: teacher_layers, card: {tiny_card}, layers: [0, 2]}}\n"
+                     f"{KD}training: {{epochs: 1, seed: [0, 1, 2]}}\n")
+    plan = load(chain)
+    stage = plan.stages["ta"]
+
+    def as_v1(resolved: dict) -> dict:  # how version 1 stored a run: the recipe's whole seed list
+        return resolved | {"training": resolved["training"] | {"seed": [0, 1, 2]}}
+    stage_v1 = as_v1(stage.resolved(1))
+    student_v1 = as_v1(plan.resolved(1)) | {"teacher_checkpoints": [{"stage": "ta", "hash": spec_hash(stage_v1)}]}
+    assert spec_hash(stage_v1) != stage.hash(1) and spec_hash(student_v1) != plan.hash(1)
+    runs = tmp_path / "results" / "runs"
+    folders = {"stage": runs / stage.name / spec_hash(stage_v1) / "seed1", "student": runs / plan.name / "seed1"}
+    for (kind, folder), (name, old) in zip(folders.items(), ((stage.name, stage_v1), (plan.name, student_v1))):
+        folder.mkdir(parents=True)
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+        raw = run_record(kind=kind, name=name, seed=1, recipe_hash=spec_hash(old)).to_json() | {"schema_version": 1}
+        (folder / "metrics.json").write_text(json.dumps(raw))
+    assert read_record(folders["stage"]).recipe_hash == stage.hash(1)
+    assert read_record(folders["student"]).recipe_hash == plan.hash(1)
+    assert sorted(migrate(tmp_path / "results")) == sorted(folders.values())
+    for folder, p in ((folders["stage"], stage), (folders["student"], plan)):
+        stored = json.loads((folder / "metrics.json").read_text())
+        assert stored["schema_version"] == 2 and stored["recipe_hash"] == p.hash(1)
+        assert spec_hash(yaml.safe_load((folder / "recipe.yaml").read_text())) == p.hash(1)
+    assert migrate(tmp_path / "results") == []
+
+
 def test_a_lost_teacher_is_not_trained_again_under_another_torch(tmp_path):
     """The thread count can be set for the while; torch cannot: the run refuses, naming both."""
     import torch
