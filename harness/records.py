@@ -151,9 +151,10 @@ def read_record(folder: Path) -> RunRecord:
     """A record folder's ``metrics.json``, validated (and brought to the current schema version)."""
     path = folder / "metrics.json"
     try:
-        data = json.loads(path.read_text())
-        return RunRecord.model_validate(upgrade(data, lambda: stored_recipe(folder), stage_recipes(folder, data)))
-    except (ValueError, KeyError, pydantic.ValidationError) as e:
+        data = json.loads(path.read_text())  # a stage's recipe is looked for only if a v1 record names one
+        return RunRecord.model_validate(upgrade(data, lambda: stored_recipe(folder),
+                                                lambda name, old: stage_recipes(folder, data)(name, old)))
+    except (ValueError, pydantic.ValidationError) as e:
         raise RecordError(f"{path}: not a valid run record: {e}") from None
 
 
