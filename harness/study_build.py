@@ -65,7 +65,7 @@ class _Builder:
         retention = 100 * mean / teacher.record.score if teacher and mean is not None and teacher.record.score > 0 else None
         return Cell(tuple(r.record.seed for r in recs), tuple(r.record.score for r in recs), retention,
                     tuple(flags), tuple(excluded), budget=self.rules.budget(recs[0]) if recs else "",
-                    capped=any(capped(r.record) for r in recs))
+                    capped=any(capped(r.record, r.corpus_phases) for r in recs))
 
     def clean(self, row: str, task: str) -> dict[int, Splits]:
         """A cell's seeds that may take part in a significance claim: kept and not collapsed."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.losses import TERMS
-from harness.records import env_changed, load_records
+from harness.records import env_changed, load_records, stored_recipe
 from harness.run_record import RunRecord
 from harness.tasks import get_task
 
@@ -18,6 +18,7 @@ class Rec:
     record: RunRecord
     commit: str | None
     changed: tuple[str, ...]  # tracked files that differed from the commit (a dirty tree)
+    corpus_phases: frozenset[str]  # the phases that read a corpus, not the task (see corpus_phases)
 
 
 def read_study_records(folder: Path) -> list[Rec]:
@@ -26,8 +27,18 @@ def read_study_records(folder: Path) -> list[Rec]:
         return out
     for rel, m in load_records(folder):
         env = json.loads((folder / rel / "env.json").read_text())
-        out.append(Rec(str(rel), m, env["git_commit"], env_changed(env)))
+        out.append(Rec(str(rel), m, env["git_commit"], env_changed(env), corpus_phases(stored_recipe(folder / rel))))
     return out
+
+
+def corpus_phases(recipe: dict | None) -> frozenset[str]:
+    """The names of a resolved recipe's phases that train on a corpus (general text), not on the task's
+    training set: their example counts are a corpus's size, neither the task's nor a cap on it.  The
+    stats a record keeps per phase do not say so; the recipe it was trained from does."""
+    # a teacher's fine-tuning recipe has no phases key, a one-objective student's has it null; a folder
+    # without recipe.yaml (None) is read as having no corpus phase
+    phases = recipe["phases"] if recipe is not None and "phases" in recipe else None
+    return frozenset(ph["name"] for ph in phases or () if ph["corpus"] is not None)
 
 
 def reads_teacher(m: RunRecord) -> bool:
@@ -39,14 +50,14 @@ def teacher_key(m: RunRecord) -> tuple[str, str, tuple[str, ...]]:
     return m.model, m.task, tuple(m.cofinetuned_with or ())
 
 
-def capped(m: RunRecord) -> bool:
-    """Whether a phase that trains on the task saw fewer examples than GLUE's training set holds (a
-    general phase reads a corpus: its size is no cap)."""
-    return any(s.phase != "general" and s.train_examples < get_task(m.task).train_size
+def capped(m: RunRecord, corpus: frozenset[str]) -> bool:
+    """Whether a phase that trains on the task saw fewer examples than GLUE's training set holds (the
+    phases named in ``corpus`` read general text: its size is no cap)."""
+    return any(s.phase not in corpus and s.train_examples < get_task(m.task).train_size
                for s in (m.train.phases or [m.train]))
 
 
-def budget(m: RunRecord) -> str:
+def budget(m: RunRecord, corpus: frozenset[str]) -> str:
     """Every phase's examples and epochs, e.g. 'progressive full ex x 3 ep over 6 blocks; final full ex
     x 3 ep'.  A progressive phase's epochs are its blocks' summed: blocks that share the phase's epochs
     along one batch stream differ by an epoch's short last batch, and which block gets it is the seed's
@@ -58,7 +69,7 @@ def budget(m: RunRecord) -> str:
     parts = []
     for name, ss in by_phase.items():
         cap = ss[0].train_examples
-        full = name != "general" and cap >= get_task(m.task).train_size
+        full = name not in corpus and cap >= get_task(m.task).train_size
         part = f"{name} {'full' if full else _k(cap)} ex x {round(sum(s.epochs for s in ss), 2):g} ep"
         parts.append(part + (f" over {len(ss)} blocks" if len(ss) > 1 else ""))
     return "; ".join(parts)

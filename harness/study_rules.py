@@ -184,7 +184,7 @@ class Rules:
         """The record's budget (:func:`budget`), its assistants' training first: a chain's compute too."""
         assist = [f"assistant {self.stages[e.instance].record.model} ({self.budget(self.stages[e.instance])})"
                   for e in r.record.teachers if e.stage is not None and e.instance in self.stages]
-        return "; ".join([*assist, budget(r.record)])
+        return "; ".join([*assist, budget(r.record, r.corpus_phases)])
 
     def _one_budget(self, recs: list[Rec]) -> list[Rec]:
         """The cell's seeds that share its budget: the one most of them share (none on a tie)."""

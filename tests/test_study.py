@@ -661,8 +661,11 @@ def test_budget_sums_progressive_blocks_so_seeds_of_one_budget_agree():
         return run_record(task="cola", train=stage(None, 25653, 1608) | {"phases": phases})
 
     a, b = rec([4288, 4263] * 3), rec([4263, 4288, 4288, 4263, 4288, 4263])
-    assert budget(a) == budget(b) == "progressive full ex x 3 ep over 6 blocks; final full ex x 3 ep"
-    assert budget(rec([4288] * 6)) != budget(a)  # a block more is another budget
+    assert budget(a, frozenset()) == budget(b, frozenset()) == \
+        "progressive full ex x 3 ep over 6 blocks; final full ex x 3 ep"
+    assert budget(rec([4288] * 6), frozenset()) != budget(a, frozenset())  # a block more is another budget
+    # a phase on general text counts its corpus's lines, never "full": 8,551 lines are not CoLA's set
+    assert budget(a, frozenset({"progressive"})) == "progressive 8.6k ex x 3 ep over 6 blocks; final full ex x 3 ep"
 
 
 def test_code_state_keeps_dirty_and_unknown_records_apart_from_clean_ones(tmp_path):
@@ -751,6 +754,20 @@ def test_strays_do_not_choose_the_data_of_a_task_no_student_has(study):
     assert not [n for n in build_table(sp, results).notes if "teachers/tiny-bert/rte" in n and "left out" in n]
 
 
+def test_corpus_phases_come_from_the_resolved_recipe():
+    """Which phases read general text is in the recipe a record was trained from, whatever their names."""
+    from harness.plan import load
+    from harness.study_records import corpus_phases
+
+    repo = Path(__file__).resolve().parents[1]
+    joint = load(repo / "recipes/glue/mrpc/mobilebert_joint/mobilebert6L_from_minilm.yaml").recipe.resolved()
+    tinybert = load(repo / "recipes/glue/rte/tinybert/minilm3L_from_minilm.yaml").recipe.resolved()
+    kd = load(repo / "recipes/glue/rte/kd/minilm3L_from_minilm.yaml").recipe.resolved()
+    assert corpus_phases(joint) == {"layerwise"} and corpus_phases(tinybert) == {"general"}
+    assert corpus_phases(kd) == frozenset() and corpus_phases({"kind": "teacher", "card": "x"}) == frozenset()
+    assert corpus_phases(None) == frozenset()
+
+
 def test_capped_and_short_states():
     from harness.records import short_state
     from harness.study_records import capped
@@ -761,7 +778,11 @@ def test_capped_and_short_states():
                  "loss_history": []}
         return run_record(task=task, train=stage | ({"phases": [stage]} if phase else {}))
 
-    assert capped(rec("sst2", 4000)) and not capped(rec("rte", 2490)) and not capped(rec("rte", 4000, "general"))
+    none = frozenset()
+    assert capped(rec("sst2", 4000), none) and not capped(rec("rte", 2490), none)
+    # a corpus phase's lines are no cap, whatever the phase is called (MobileBERT's is "layerwise")
+    assert not capped(rec("cola", 8000, "layerwise"), frozenset({"layerwise"}))
+    assert capped(rec("cola", 8000, "layerwise"), none)  # the same count on the task's data is a cap
     assert short_state("c1+dirty") == "c1+dirty" and short_state("0123456789abcdef+dirty") == "0123456789+dirty"
     assert short_state("0123456789abcdef") == "0123456789" and short_state(None) == "None"
 
