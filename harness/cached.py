@@ -25,7 +25,7 @@ from harness.engine import barrier, is_main
 from harness.integrity import intact, locked, model_id, write_manifest
 from harness.models import count_parameters, save_model, weights_size_bytes
 from harness.recipe_parts import SpeedSettings
-from harness.records import read_record, record_commit, same_data, short_state
+from harness.records import STACK, installed, read_record, record_commit, same_data, short_state, stack_of
 from harness.run_record import RunRecord
 from harness.schema import ConfigError
 
@@ -82,7 +82,8 @@ def cached_run(entries: list[Entry], train: Callable[[list[Path]], None], data: 
 
 # A CPU training's weights are decided by its spec, its commit, its thread count and torch: trained
 # again under the same ones it gives the kept weights bit for bit (a cache lost: the zoo's teachers came
-# out with their committed instances).
+# out with their committed instances).  transformers and DeepSpeed are held equal too (records.STACK):
+# a study's records share them (harness.study_rules), and a new release may change a model's code.
 
 
 def _kept(record_dir: Path, data: str, commit: str) -> dict | None:
@@ -101,15 +102,18 @@ def _kept(record_dir: Path, data: str, commit: str) -> dict | None:
 def kept_conditions(entries: list[Entry], data: str, commit: str):
     """Train a model again, in a study, as its kept record was trained, so that it comes out the instance
     the study's students read (a study keeps one instance per teacher: other weights would split it):
-    with the record's thread count for the while, and refused under another torch."""
+    with the record's thread count for the while, and refused under another torch, transformers or
+    DeepSpeed."""
     kept = [(d, env) for _, d in entries if (env := _kept(d, data, commit)) is not None]
+    here = dict(stack_of(installed(STACK)))
     for record_dir, env in kept:
-        if env["packages"]["torch"] != torch.__version__:
-            raise ConfigError(
-                f"{record_dir} is this study's record of a model its students read, and it is not in this "
-                f"cache; trained again under torch {torch.__version__} (the record's: {env['packages']['torch']}) "
-                "it would not be the instance they read, and a study keeps one instance per teacher. Install "
-                "the record's torch, or delete that record to train a new instance on purpose.")
+        for name, was in stack_of(env["packages"]):
+            if was != here[name]:
+                raise ConfigError(
+                    f"{record_dir} is this study's record of a model its students read, and it is not in this "
+                    f"cache; trained again under {name} {here[name]} (the record's: {was}) it would not be the "
+                    "instance they read, and a study keeps one instance per teacher. Install the record's "
+                    f"{name}, or delete that record to train a new instance on purpose.")
     before, threads = torch.get_num_threads(), kept[0][1]["cpu_threads"] if kept else None
     if threads is None or threads == before:
         yield

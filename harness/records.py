@@ -32,6 +32,33 @@ from harness.tasks import get_task
 
 PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "evaluate", "pandas", "tabulate", "pydantic",
             "scikit-learn", "scipy", "kd-harness")
+# the packages whose versions change what a run computes (kernels, model code, the training engine): a
+# study's records share them as they share a commit (harness.study_rules)
+STACK = ("torch", "transformers", "deepspeed")
+
+
+def installed(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Each package's installed version (None: not installed)."""
+    versions = {}
+    for p in names:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            versions[p] = None
+    return versions
+
+
+Stack = tuple[tuple[str, str | None], ...]  # (package, version) of each of STACK
+
+
+def stack_of(packages: dict[str, str | None]) -> Stack:
+    """The versions that change what a run computes, from an env.json's ``packages``."""
+    return tuple((p, packages[p]) for p in STACK)
+
+
+def stack_label(stack: Stack) -> str:
+    """'torch 2.13.0+cpu, transformers 5.24.0, deepspeed 0.19.8'."""
+    return ", ".join(f"{p} {v}" for p, v in stack)
 
 
 @lru_cache(maxsize=None)
@@ -52,12 +79,7 @@ def git_state(repo: Path) -> tuple[str | None, tuple[str, ...]]:
 
 def env_info(repo: Path) -> dict:
     commit, changed = git_state(repo)
-    versions = {}
-    for p in PACKAGES:
-        try:
-            versions[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            versions[p] = None
+    versions = installed()
     import torch
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None

@@ -18,7 +18,7 @@ import numpy as np
 
 from harness.archspeed_result import find_row, marks, model_speed
 from harness.paths import REPO_ROOT
-from harness.records import code_state, git_state, read_predictions
+from harness.records import code_state, git_state, read_predictions, stack_label
 from harness.study import StudyPlan
 from harness.study_records import Rec, capped, read_study_records
 from harness.study_rules import Rules
@@ -89,7 +89,7 @@ class _Builder:
                             budget=_row_budget(cells), baseline=row == sp.study.baseline, **self._latency(model)))
         return StudyTable(sp.name, sp.study.description, tuple(sp.study.tasks), tuple(rows), self.rules.commit,
                           self.dirty, tuple(self._notes()), rendered_at=code_state(*git_state(REPO_ROOT)),
-                          seeds=len(sp.study.seeds))
+                          seeds=len(sp.study.seeds), stack=self.rules.stack_label())
 
     def _exclusions_by_cell(self) -> dict[tuple[str, str], list[Exclusion]]:
         by_name = {c.plan.name: c for c in self.sp.cells}
@@ -160,6 +160,9 @@ class _Builder:
         if self.rules.commit_tie:
             notes.append(f"no commit is the study's: its own records split evenly between commits "
                          f"{', '.join(str(c) for c in self.rules.commit_tie)}, so every record is left out")
+        if self.rules.stack_tie:
+            notes.append(f"no package versions are the study's: its own records split evenly between "
+                         f"{' and '.join(map(stack_label, self.rules.stack_tie))}, so every record is left out")
         if self.rules.stray:
             notes.append(f"{len(self.rules.stray)} records under the study's folder belong to no cell of it and are "
                          f"left out: {', '.join(self.rules.stray)}")

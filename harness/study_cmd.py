@@ -35,6 +35,24 @@ def check_tree(allow_dirty: bool) -> str:
     return commit
 
 
+def check_stack(sp: StudyPlan, results_dir: Path) -> None:
+    """Refuse to add records to a study under other torch, transformers or DeepSpeed versions than its
+    records': they compute other numbers from the same commit, and the table keeps the study's only
+    (:mod:`harness.study_rules`, one software stack)."""
+    from harness.records import STACK, installed, stack_label, stack_of
+    from harness.study_records import read_study_records
+    from harness.study_rules import Rules
+
+    here, theirs = stack_of(installed(STACK)), Rules(sp, read_study_records(sp.folder(results_dir)), True).stack
+    if theirs is None or theirs == here:
+        return
+    now = dict(here)
+    pins = " ".join(f"{p}=={v.split('+')[0]}" for p, v in theirs if v is not None and v != now[p])
+    raise ConfigError(f"study {sp.name}'s records were trained under {stack_label(theirs)}, and this environment "
+                      f"has {stack_label(here)}: its table would leave the new records out. Install the study's "
+                      f"versions (pip install {pins}), or move its records away to run it anew under these.")
+
+
 def run_study(sp: StudyPlan, opts: Options, allow_dirty: bool, log=print) -> None:
     """Train every cell that lacks a record of this commit, one cell after another."""
     from harness import runner
@@ -43,6 +61,7 @@ def run_study(sp: StudyPlan, opts: Options, allow_dirty: bool, log=print) -> Non
     from harness.progress import Progress
 
     commit = check_tree(allow_dirty)
+    check_stack(sp, opts.results_dir)
     opts = dataclasses.replace(opts, results_dir=sp.folder(opts.results_dir), study_commit=commit)
     progress = Progress([c.plan for c in sp.cells], opts.results_dir, opts.glue_dir) if is_main() else None
     for i, cell in enumerate(sp.cells, 1):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.losses import TERMS
-from harness.records import env_changed, load_records, stored_recipe
+from harness.records import Stack, env_changed, load_records, stack_of, stored_recipe
 from harness.run_record import RunRecord
 from harness.tasks import get_task
 
@@ -19,6 +19,7 @@ class Rec:
     commit: str | None
     changed: tuple[str, ...]  # tracked files that differed from the commit (a dirty tree)
     corpus_phases: frozenset[str]  # the phases that read a corpus, not the task (see corpus_phases)
+    stack: Stack | None = None  # its torch, transformers, DeepSpeed versions (None: an env.json naming none)
 
 
 def read_study_records(folder: Path) -> list[Rec]:
@@ -27,7 +28,9 @@ def read_study_records(folder: Path) -> list[Rec]:
         return out
     for rel, m in load_records(folder):
         env = json.loads((folder / rel / "env.json").read_text())
-        out.append(Rec(str(rel), m, env["git_commit"], env_changed(env), corpus_phases(stored_recipe(folder / rel))))
+        stack = stack_of(env["packages"]) if "packages" in env else None
+        out.append(Rec(str(rel), m, env["git_commit"], env_changed(env), corpus_phases(stored_recipe(folder / rel)),
+                       stack))
     return out
 
 

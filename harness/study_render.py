@@ -145,6 +145,7 @@ def notes(table: StudyTable, style: Style) -> list[str]:
     out.append((f"Commit: {style.text(table.commit)}" + (" (with uncommitted changes)" if table.dirty else "")
                 if table.commit else "Commit: none (records from outside a git checkout, or split between "
                                      "commits: see the notes).") +
+               (f"; trained under {style.text(table.stack)}" if table.stack else "") +
                (f"; tables built by the harness at {style.text(table.rendered_at)} from these records"
                 if table.rendered_at and table.rendered_at != table.commit else ""))
     out.append(f"Summary: {style.text(table.summary())}.")

@@ -7,6 +7,9 @@ A record that breaks one is left out of every figure, and its cell says why (:cl
 - **one commit**: every record (students, teachers, assistant stages) comes from the commit most of
   the study's own records come from, on a clean tree (and in a git checkout) unless the table is built
   with ``allow_dirty``;
+- **one software stack**: every record was trained under the torch, transformers and DeepSpeed
+  versions most of the study's own records were (``records.STACK``): another version computes other
+  numbers from the same commit, and a teacher trained again under it is another instance;
 - **one dataset** per task: every record read the task files most of the task's records read
   (``data``: a hash of the train and dev files), so a full MNLI never sits beside the 10k sample;
 - **one teacher instance** per (card, task, how it was fine-tuned): the weights a student read
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from harness.records import Stack, stack_label
 from harness.run_record import RunRecord
 from harness.study import StudyPlan
 from harness.study_records import Rec, budget, reads_teacher, teacher_key
@@ -49,6 +53,7 @@ class Rules:
         clean = [r for r in own if allow_dirty or (r.commit is not None and not r.changed)]
         voters = clean or own or others
         self.commit, self.commit_tie = _vote([r.commit for r in voters])
+        self.stack, self.stack_tie = _vote([r.stack for r in voters])
         self.data = {t: _vote([r.record.data for r in voters if r.record.task == t] or
                               [r.record.data for r in others if r.record.task == t])  # a task no student has
                      for t in {r.record.task for r in own + others}}
@@ -98,6 +103,11 @@ class Rules:
             reason = f"the study's records split evenly between commits {_listed(self.commit_tie)}: none is the study's"
         elif r.commit != self.commit:
             reason = f"from commit {str(r.commit)[:10]}; the study's records come from {str(self.commit)[:10]}"
+        elif self.stack_tie:
+            stacks = " and ".join(_stack(s) for s in self.stack_tie)
+            reason = f"the study's records split evenly between {stacks}: none is the study's"
+        elif r.stack != self.stack:
+            reason = f"trained under {_stack(r.stack)}; the study's records under {_stack(self.stack)}"
         elif data_tie:
             reason = (f"the study's records split evenly between {get_task(r.record.task).display} data "
                       f"{_listed(data_tie)}: none is the study's")
@@ -206,6 +216,10 @@ class Rules:
                  and (t.record.instance == instance if instance is not None else key[2] == ())]
         return max(found, key=lambda t: t.record.score, default=None)
 
+    def stack_label(self) -> str | None:
+        """The study's package versions as one label (None: tied, or none recorded)."""
+        return stack_label(self.stack) if self.stack is not None else None
+
     def kept(self) -> list[Rec]:
         """Every record a figure of the table reads: the cells' students, their teachers and stages."""
         return [*(r for recs in self.cells.values() for r in recs), *self.teachers.values(), *self.stages.values()]
@@ -219,6 +233,10 @@ def _vote(values: list) -> tuple:
         return None, ()
     top = [v for v, n in counts if n == counts[0][1]]
     return (top[0], ()) if len(top) == 1 else (None, tuple(top))
+
+
+def _stack(stack: Stack | None) -> str:
+    return stack_label(stack) if stack is not None else "unrecorded package versions"
 
 
 def _listed(values) -> str:

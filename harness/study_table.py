@@ -114,6 +114,7 @@ class StudyTable:
     notes: tuple[str, ...] = field(default=())  # footnotes: caps, exclusions, what a mark means
     rendered_at: str | None = None  # the code state (records.code_state) of the harness that built the table
     seeds: int = 0  # the seeds the study gives every cell
+    stack: str | None = None  # records.stack_label of the records' package versions (None: none recorded)
 
     def summary(self) -> str:
         """One line on whether the table is complete and clean: seeds kept, cells short of the study's

@@ -173,6 +173,37 @@ def test_other_teacher_instance_commit_and_dirty_tree_are_left_out(study):
     assert kd.seeds == (1, 2) and "from commit c0" in kd.excluded[0].reason
 
 
+def test_a_record_under_other_package_versions_is_left_out_and_a_run_refuses_them(study):
+    """torch, transformers and DeepSpeed are held as the commit is: a record trained under other versions
+    is left out, the table names the study's, and `study run` refuses to add records under others."""
+    from harness.records import STACK, installed
+    from harness.study_cmd import check_stack
+    from harness.study_render import notes
+    from harness.study_style import MARKDOWN
+
+    sp, results = study
+    populate(sp, results)
+    here, kd0 = installed(STACK), sp.folder(results) / "runs" / {c.row: c.plan for c in sp.cells}["kd/tiny"].name
+    older = here | {"transformers": "5.0.0+local"}
+    for env_file in (sp.folder(results) / "runs").rglob("env.json"):
+        env = json.loads(env_file.read_text())
+        ours = env_file.parent == kd0 / "seed0"
+        env_file.write_text(json.dumps(env | {"packages": here if ours else older}))
+    t = build_table(sp, results)
+    kd = t.row("kd/tiny").cells["sst2"]
+    assert kd.seeds == (1, 2) and t.row("nokd/tiny").cells["sst2"].n == 3
+    assert kd.excluded[0].reason == (f"trained under torch {here['torch']}, transformers {here['transformers']}, "
+                                     f"deepspeed {here['deepspeed']}; the study's records under torch "
+                                     f"{here['torch']}, transformers 5.0.0+local, deepspeed {here['deepspeed']}")
+    assert "transformers 5.0.0+local" in t.stack
+    assert any("trained under torch" in n for n in notes(t, MARKDOWN))
+    with pytest.raises(ConfigError, match=r"pip install transformers==5\.0\.0\)"):
+        check_stack(sp, results)
+    for env_file in (sp.folder(results) / "runs").rglob("env.json"):  # the study under these versions
+        env_file.write_text(json.dumps(json.loads(env_file.read_text()) | {"packages": here}))
+    check_stack(sp, results)  # no error: a run may go on
+
+
 def test_stray_records_do_not_choose_the_study_commit(study):
     sp, results = study
     populate(sp, results)
@@ -542,18 +573,20 @@ def test_a_chain_students_old_record_names_its_assistant_by_the_new_hash(tmp_pat
     assert migrate(tmp_path / "results") == []
 
 
-def test_a_lost_teacher_is_not_trained_again_under_another_torch(tmp_path):
-    """The thread count can be set for the while; torch cannot: the run refuses, naming both."""
+def test_a_lost_teacher_is_not_trained_again_under_other_package_versions(tmp_path):
+    """The thread count can be set for the while; torch, transformers, DeepSpeed cannot: the run refuses,
+    naming both versions."""
     import torch
 
     from harness.cached import kept_conditions
+    from harness.records import STACK, installed
 
     kept = tmp_path / "teacher"
     kept.mkdir()
     rec = run_record(kind="teacher", data="sha256:abc")
     (kept / "metrics.json").write_text(json.dumps(rec.to_json()))
     env = {"git_commit": "c" * 40, "git_dirty": False, "git_changed": [], "cpu_threads": 3,
-           "packages": {"torch": torch.__version__}}
+           "packages": installed(STACK)}
     (kept / "env.json").write_text(json.dumps(env))
     entries, before = [(tmp_path / "cache", kept)], torch.get_num_threads()
     with kept_conditions(entries, "sha256:abc", "c" * 40):
@@ -561,10 +594,11 @@ def test_a_lost_teacher_is_not_trained_again_under_another_torch(tmp_path):
     assert torch.get_num_threads() == before
     with kept_conditions(entries, "sha256:other", "c" * 40):  # another dataset: not this model's record
         assert torch.get_num_threads() == before
-    (kept / "env.json").write_text(json.dumps(env | {"packages": {"torch": "1.0.0"}}))
-    with pytest.raises(ConfigError, match=r"under torch .* \(the record's: 1\.0\.0\)"):
-        with kept_conditions(entries, "sha256:abc", "c" * 40):
-            pass
+    for name in STACK:  # transformers and DeepSpeed as torch: a study's records share them
+        (kept / "env.json").write_text(json.dumps(env | {"packages": installed(STACK) | {name: "1.0.0"}}))
+        with pytest.raises(ConfigError, match=rf"under {name} .* \(the record's: 1\.0\.0\)"):
+            with kept_conditions(entries, "sha256:abc", "c" * 40):
+                pass
 
 
 def test_run_keeps_a_speed_measurement_only_of_every_architecture_on_this_cpu_and_threads():
