@@ -13,11 +13,17 @@ so results/campaign.sh runs this from its worktree first.  Uses only what that c
 With ``--lane-threads N``, teachers whose records say N threads are left to the lanes, which train them
 as they were anyway (with two 1-thread lanes, the MPNet teachers go on in parallel instead of one by one
 before the lanes start).
+
+First of all it checks that this environment has the torch, transformers and DeepSpeed the studies'
+records were trained under (a new machine's fresh venv gets the newest transformers): the harness since
+dbc5634 refuses itself (harness.study_cmd.check_stack); the campaign's commit does not.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -30,7 +36,24 @@ from harness.tasks import resolve_glue_dir
 from harness.teacher_prep import ensure_teacher
 
 
+STACK = ("torch", "transformers", "deepspeed")  # harness.records.STACK at HEAD; the commit has none
+
+
+def check_versions(results_dir: Path, names: set[str]) -> None:
+    """Exit, naming the pip install, unless this environment has the studies' records' versions."""
+    seen = Counter(tuple(json.loads(f.read_text())["packages"][p] for p in STACK)
+                   for name in names for f in (results_dir / "studies" / name / "runs").rglob("env.json"))
+    if not seen:
+        return
+    theirs = dict(zip(STACK, seen.most_common(1)[0][0]))
+    pins = [f"{p}=={v.split('+')[0]}" for p, v in theirs.items() if v is not None and v != metadata.version(p)]
+    if pins:
+        raise SystemExit(f"the studies' records were trained under {theirs}; install those first: "
+                         f"pip install {' '.join(pins)}")
+
+
 def main(results_dir: Path, studies: list[str], lane_threads: int | None) -> None:
+    check_versions(results_dir, {load_study(Path(s)).name for s in studies})
     engine.init_distributed()
     commit, default, done = check_tree(False), torch.get_num_threads(), set()
     for s in studies:
