@@ -421,6 +421,23 @@ def test_a_commit_vote_that_ties_keeps_nothing(study):
     assert "split evenly between commits" in reasons(t)[0]
 
 
+def test_a_package_vote_that_ties_keeps_nothing(study):
+    """No-KD's three seeds under one transformers, KD's under another: neither is the study's."""
+    from harness.records import STACK, installed
+
+    sp, results = study
+    populate(sp, results)
+    kd = {c.row: c.plan for c in sp.cells}["kd/tiny"].name
+    for env_file in (sp.folder(results) / "runs").rglob("env.json"):
+        other = kd in str(env_file.relative_to(results))
+        packages = installed(STACK) | ({"transformers": "0.1"} if other else {})
+        env_file.write_text(json.dumps(json.loads(env_file.read_text()) | {"packages": packages}))
+    t = build_table(sp, results)
+    assert t.row("kd/tiny").cells["sst2"].n == 0 and t.row("nokd/tiny").cells["sst2"].n == 0
+    assert "split evenly between torch" in reasons(t)[0] and "transformers 0.1" in reasons(t)[0]
+    assert t.stack is None and any(n.startswith("no package versions are the study's") for n in t.notes)
+
+
 def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     write_recipes(tmp_path, tiny_card, ("sst2",))
     s = write_study(tmp_path, "tasks: [sst2]\nseeds: [1, 2]\nbaseline: nokd/tiny\n")
