@@ -352,7 +352,7 @@ def test_shipped_recipes_validate_one_row_per_strategy():
         assert list(dict.fromkeys(terms)) == ["hidden_mse", "attention_kl_grouped", "hinton_kd"]
         # every strategy transfers layer by layer on general text first, the pair losses averaged (1/6)
         first, final = phases[0], phases[-1]
-        assert first.corpus is not None and first.corpus.glue == "all" and first.corpus.max_examples == 8000
+        assert first.corpus is not None and first.corpus.glue == "all" and first.corpus.max_examples == 32000
         assert [(t.term, t.weight) for t in first.objective] == [
             ("hidden_mse", pytest.approx(1 / 6)), ("attention_kl_grouped", pytest.approx(1 / 6))]
         assert final.corpus is None and final.objective[-1].term == "hinton_kd"
