@@ -72,7 +72,7 @@ def _record_parsers(add) -> None:
     add("retime", "measure again the speed of every record whose model is in this cache "
                               "(speed taken on a busy machine is skewed; run this on a quiet one)", results=True)
     ca = add("cache", "ls / clear the cached teacher outputs (logits and features, on disk); verify "
-                                 "every cache entry (teachers, stages, students, teacher outputs, tokenized data) "
+                                 "every cache entry (teachers, stages, general phases, students, teacher outputs, tokenized data) "
                                  "against its manifest of file sizes and hashes (exit 1 if one is damaged)")
     ca.add_argument("action", choices=["ls", "clear", "verify"])
 

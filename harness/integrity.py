@@ -141,6 +141,7 @@ def cache_entries() -> list[tuple[str, Path]]:
     root = cache_dir()
     found = [("teacher", p) for p in root.glob("teachers/*/*/*")]
     found += [("assistant stage", p) for p in root.glob("stages/*/*")]
+    found += [("general phases", p) for p in root.glob("general/*")]
     found += [("teacher outputs", p) for p in root.glob("teacher_outputs/*")]
     found += [("tokenized data", p) for p in root.glob("tokenized/*/*")]
     found += [("student", p) for p in root.glob("students/**/seed*-*")]

@@ -19,6 +19,7 @@ from harness.distill import Teacher, train_stage
 from harness.engine import device
 from harness.evaluate import evaluate
 from harness.features import Need
+from harness.general_cache import GeneralEntry
 from harness.losses import TERMS, Shape
 from harness.models import encoder_layers
 from harness.options import Options
@@ -72,10 +73,29 @@ def progressive_scale(block: int, spec: Progressive, random_embeddings: bool = F
 
 def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int, label: str, opts: Options,
                  checkpoints: Checkpoints | None = None):
-    """Run the plan's phases in order on one student; returns (student, per-phase stats).  Each stage
-    (a phase, or a block of a progressive one) saves to and resumes from ``checkpoints``."""
-    stats, index = [], 0
-    for where, phase in plan.recipe.named_phases():
+    """Run the plan's phases in order on one student; returns (student, per-stage stats).  Each stage
+    (a phase, or a block of a progressive one) saves to and resumes from ``checkpoints``.  Leading
+    general phases that read nothing of the task are trained once per seed and then read from the
+    cache by every task (:mod:`harness.general_cache`)."""
+    phases = plan.recipe.named_phases()
+
+    def run(m, part: list[tuple[str, Phase]], start: int):
+        return _run_phases(plan, part, m, tok, finetuned, seed, label, opts, checkpoints, start)
+
+    stats = []
+    if (entry := GeneralEntry.of(plan, seed, tok, opts)) is not None:
+        model, stats = entry.train_or_reuse(model, phases, run, checkpoints)
+    model, more = run(model, phases[entry.count if entry else 0:], len(stats))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, stats + more
+
+
+def _run_phases(plan: RunPlan, phases: list[tuple[str, Phase]], model, tok, finetuned: list[Teacher], seed: int,
+                label: str, opts: Options, checkpoints: Checkpoints | None, index: int):
+    """Train ``phases`` in order; their first stage is the run's stage ``index``."""
+    stats = []
+    for where, phase in phases:
         training = plan.recipe.phase_training(phase)
         teachers, train_ds, mask_tokens = _phase_inputs(plan, phase, tok, finetuned, training, opts)
         weighting = plan.recipe.teacher_weighting if phase.corpus is None else WeightingSpec()
@@ -111,8 +131,6 @@ def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int,
             stats.append({"phase": phase.name, "block": block, "terms": [t.term for t in phase.objective], **st})
             stream += st["steps"] if block is not None else 0
             del engine
-    for p in model.parameters():
-        p.requires_grad_(True)
     return model, stats
 
 

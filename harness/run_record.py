@@ -96,6 +96,8 @@ class StageStats(_Part):
     block: int | None = None
     terms: list[str] | None = None
     cofinetuned: int | None = Field(None, description="teachers fine-tuned jointly (MT-BERT co-finetuning)")
+    reused_from: str | None = Field(None, description="a general phase's stage read from the cache "
+                                                      "(harness.general_cache): the entry, whose run these stats are")
 
 
 class TrainStats(StageStats):
