@@ -26,6 +26,7 @@ import contextlib
 import json
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -36,9 +37,8 @@ from harness.data import corpus_tasks
 from harness.engine import barrier, is_main, world
 from harness.glue_files import data_id
 from harness.hashing import spec_hash
-from harness.integrity import file_digest, intact, locked, write_manifest
-from harness.models import student_config, tokenizer_id
-from harness.options import Options
+from harness.integrity import MANIFEST, file_digest, intact, locked, write_manifest
+from harness.models import student_config
 from harness.paths import REPO_ROOT, cache_dir
 from harness.recipe_parts import Corpus, Phase
 from harness.records import code_state, git_state, short_state
@@ -84,12 +84,13 @@ class GeneralEntry:
 
     folder: Path
     count: int
-    commit: str  # the code state that trains now
-    strict: bool  # a study's: an entry trained at another commit is trained again
+    study_commit: str | None  # a study's: an entry trained at another commit is trained again
 
     @classmethod
-    def of(cls, plan: RunPlan, seed: int, tok, opts: Options) -> GeneralEntry | None:
-        """The entry for the plan's general phases, or None when it has none to share."""
+    def of(cls, plan: RunPlan, seed: int, tok_id: str, glue_dir: Path | None,
+           study_commit: str | None = None) -> GeneralEntry | None:
+        """The entry for the plan's general phases (``tok_id``: the student tokenizer's
+        :func:`~harness.models.tokenizer_id`), or None when it has none to share."""
         count = general_count(plan)
         if count == 0:
             return None
@@ -97,17 +98,20 @@ class GeneralEntry:
         spec = {
             "student": plan.recipe.student.model_dump(mode="json"),
             "student_card": plan.student_card.source_spec() if plan.student_card is not None else None,
-            "encoder": encoder_config(plan), "tokenizer": tokenizer_id(tok),
+            "encoder": encoder_config(plan), "tokenizer": tok_id,
             "phases": [{"phase": p.model_dump(mode="json"), "training": plan.recipe.phase_training(p).model_dump(mode="json"),
-                        "text": corpus_id(p.corpus, plan.path.parent, opts.glue_dir)} for p in phases],
+                        "text": corpus_id(p.corpus, plan.path.parent, glue_dir)} for p in phases],
             "teachers": [{"card": t.card.name, "source": t.card.source_spec(), "weight": t.weight} for t in plan.teachers],
             "deepspeed": plan.recipe.deepspeed.model_dump(mode="json"), "precision": plan.precision,
             "world_size": world()[1], "seed": seed,
         }
         short = f"{plan.recipe.student.init}-{'+'.join(p.name for p in phases)}"
-        folder = cache_dir() / "general" / f"{short}-{spec_hash(spec)}-seed{seed}"
-        commit = opts.study_commit if opts.study_commit is not None else code_state(*git_state(REPO_ROOT))
-        return cls(folder, count, commit, opts.study_commit is not None)
+        return cls(cache_dir() / "general" / f"{short}-{spec_hash(spec)}-seed{seed}", count, study_commit)
+
+    @cached_property
+    def commit(self) -> str:
+        """The code state that trains now: the study's commit, else this checkout's."""
+        return self.study_commit if self.study_commit is not None else code_state(*git_state(REPO_ROOT))
 
     def train_or_reuse(self, model: nn.Module, phases: list[tuple[str, Phase]], train: TrainFn,
                        checkpoints: Checkpoints | None) -> tuple[nn.Module, list[dict]]:
@@ -116,9 +120,12 @@ class GeneralEntry:
         head = {k: v.detach().clone() for k, v in model.state_dict().items() if not _in_encoder(model, k)}
         with locked(self.folder, "the general phases' student") if is_main() else contextlib.nullcontext():
             barrier()  # the other ranks wait until rank 0 holds the lock
-            if self._usable():
+            if self.usable():
                 stats = self._load(model, checkpoints)
             else:
+                if is_main() and (was := self.trained_at()) is not None:
+                    print(f"note: {self.folder.name} was trained at commit {short_state(was)}; this study runs at "
+                          f"{short_state(self.commit)}: training it again", flush=True)
                 model, stats = train(model, phases[:self.count], 0)
                 if is_main():
                     self._save(model, stats, checkpoints)
@@ -126,16 +133,18 @@ class GeneralEntry:
         model.load_state_dict(head, strict=False)
         return model, stats
 
-    def _usable(self) -> bool:
-        if not ((self.folder / STATS_FILE).is_file() and intact(self.folder, "a cached general-phase student")):
-            return False
-        was = json.loads((self.folder / STATS_FILE).read_text())["commit"]
-        if self.strict and was != self.commit:
-            if is_main():
-                print(f"note: {self.folder.name} was trained at commit {short_state(was)}; this study runs at "
-                      f"{short_state(self.commit)}: training it again", flush=True)
-            return False
-        return True
+    def usable(self) -> bool:
+        """A complete, undamaged entry (in a study: trained at the study's commit)."""
+        was = self.trained_at()
+        return was is not None and (self.study_commit is None or was == self.commit)
+
+    def trained_at(self, verify: bool = True) -> str | None:
+        """The code state the entry was trained at; None without a complete entry, or (``verify``: read
+        every file against the manifest) an undamaged one."""
+        complete = (self.folder / STATS_FILE).is_file() and (self.folder / MANIFEST).is_file()
+        if not complete or verify and not intact(self.folder, "a cached general-phase student"):
+            return None
+        return json.loads((self.folder / STATS_FILE).read_text())["commit"]
 
     def _load(self, model: nn.Module, checkpoints: Checkpoints | None) -> list[dict]:
         load_model(model.base_model, str(self.folder / ENCODER_FILE), strict=True)

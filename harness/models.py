@@ -85,17 +85,21 @@ def build_student(s: Student, card: Card | None, task: Task, seed: int):
     """(model, tokenizer, lineage label) for a recipe's student, before training; ``card`` is the one
     it is cut from (teacher_layers) or takes its tokenizer from (config)."""
     torch.manual_seed(seed)  # the new classifier head (and a config student) are seeded per run
+    tok = load_tokenizer(student_tokenizer_path(s, card))
     if isinstance(s, TeacherLayersStudent):
-        path = card.pretrained_path()
-        model = keep_layers(load_classifier(path, task), s.layers)
-        return model, load_tokenizer(path), student_label(s, card)
+        model = keep_layers(load_classifier(card.pretrained_path(), task), s.layers)
+        return model, tok, student_label(s, card)
     if isinstance(s, PretrainedStudent):
-        return load_classifier(s.checkpoint, task), load_tokenizer(s.checkpoint), student_label(s, card)
+        return load_classifier(s.checkpoint, task), tok, student_label(s, card)
     assert isinstance(s, ConfigStudent)
-    tok = load_tokenizer(card.pretrained_path())
     # transformers' own classes, picked by the auto class from the config (MobileBERT's module is slow to
     # import: it is imported only when such a student is built)
     return AutoModelForSequenceClassification.from_config(student_config(s, card, task)), tok, student_label(s, card)
+
+
+def student_tokenizer_path(s: Student, card: Card | None) -> str:
+    """Where a student's tokenizer is: its own checkpoint's (pretrained), else its card's."""
+    return str(s.checkpoint if isinstance(s, PretrainedStudent) else card.pretrained_path())
 
 
 def student_config(s: Student, card: Card | None, task: Task) -> PretrainedConfig:

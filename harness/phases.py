@@ -21,7 +21,7 @@ from harness.evaluate import evaluate
 from harness.features import Need
 from harness.general_cache import GeneralEntry
 from harness.losses import TERMS, Shape
-from harness.models import encoder_layers
+from harness.models import encoder_layers, tokenizer_id
 from harness.options import Options
 from harness.recipe_parts import ConfigStudent, DeepSpeedSettings, Phase, Progressive, Training
 from harness.resolved import RunPlan
@@ -83,7 +83,7 @@ def train_phases(plan: RunPlan, model, tok, finetuned: list[Teacher], seed: int,
         return _run_phases(plan, part, m, tok, finetuned, seed, label, opts, checkpoints, start)
 
     stats = []
-    if (entry := GeneralEntry.of(plan, seed, tok, opts)) is not None:
+    if (entry := GeneralEntry.of(plan, seed, tokenizer_id(tok), opts.glue_dir, opts.study_commit)) is not None:
         model, stats = entry.train_or_reuse(model, phases, run, checkpoints)
     model, more = run(model, phases[entry.count if entry else 0:], len(stats))
     for p in model.parameters():

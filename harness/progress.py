@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.resolved import RunPlan
-from harness.study_cost import Speeds, cell_cost
+from harness.study_cost import SharedGeneral, Speeds, cell_cost
 
 
 def _duration(s: float) -> str:
@@ -19,8 +19,10 @@ def _duration(s: float) -> str:
 
 
 class Progress:
-    def __init__(self, plans: list[RunPlan], results_dir: Path, glue_dir: Path | None, force: bool = False):
+    def __init__(self, plans: list[RunPlan], results_dir: Path, glue_dir: Path | None, force: bool = False,
+                 study_commit: str | None = None):
         self.plans, self.results_dir, self.glue_dir, self.force = plans, results_dir, glue_dir, force
+        self.study_commit = study_commit  # a study's: cached general phases of other commits train again
         self.speeds = Speeds(results_dir)  # earlier records: the fallback rate
         self.examples, self.seconds, self.done = 0, 0.0, 0
 
@@ -33,13 +35,15 @@ class Progress:
     def update(self, trained: list[dict]) -> str:
         """Count one finished recipe (the training stats of what it trained) and say where the run is."""
         self.done += 1
-        self.examples += sum(s["examples_seen"] for s in trained)
-        self.seconds += sum(s["wall_time_s"] for s in trained)
+        done_here = [s for s in trained if "reused_from" not in s]  # a general phase read from the cache trained elsewhere
+        self.examples += sum(s["examples_seen"] for s in done_here)
+        self.seconds += sum(s["wall_time_s"] for s in done_here)
         rest = self.plans[self.done:]
         line = f"progress: {self.done} of {len(self.plans)} recipes done, {len(rest)} left"
         if not rest:
             return line
-        costs = [cell_cost(p, seeds, self.speeds, self.glue_dir) for p in rest if (seeds := self.left(p))]
+        general = SharedGeneral(self.glue_dir, self.study_commit)  # counted once for all the rest
+        costs = [cell_cost(p, seeds, self.speeds, self.glue_dir, general) for p in rest if (seeds := self.left(p))]
         todo = sum(c.examples for c in costs)
         if not todo:
             return line + "; every one left has its records (they will be skipped unless their model is missing)"

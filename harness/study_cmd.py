@@ -63,7 +63,8 @@ def run_study(sp: StudyPlan, opts: Options, allow_dirty: bool, log=print) -> Non
     commit = check_tree(allow_dirty)
     check_stack(sp, opts.results_dir)
     opts = dataclasses.replace(opts, results_dir=sp.folder(opts.results_dir), study_commit=commit)
-    progress = Progress([c.plan for c in sp.cells], opts.results_dir, opts.glue_dir) if is_main() else None
+    progress = (Progress([c.plan for c in sp.cells], opts.results_dir, opts.glue_dir, study_commit=opts.study_commit)
+                if is_main() else None)
     for i, cell in enumerate(sp.cells, 1):
         log(f"== study {sp.name}: cell {i}/{len(sp.cells)}: {cell.row} on {cell.task} "
             f"(seeds {', '.join(map(str, sp.study.seeds))})")

@@ -3,7 +3,7 @@
 Cost is examples x epochs per phase (a progressive phase once per student block; a corpus phase over
 its capped text), divided by the examples/s this harness measured for the same model in earlier records
 (same CPU thread count, task and precision preferred).  Teachers and assistant stages count only where
-the cache lacks them.  A model never measured here has no estimate, and the plan says so rather than
+the cache lacks them; general phases that the tasks share count once per seed, and not at all when cached.  A model never measured here has no estimate, and the plan says so rather than
 guess.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.data import corpus_cap
+from harness.general_cache import GeneralEntry, general_count
+from harness.models import student_tokenizer_path, tokenizer_id_at
 from harness.paths import REPO_ROOT
 from harness.recipe_students import student_label
 from harness.records import code_state, git_state, load_records, record_commit, short_state, twin_record
@@ -76,10 +78,31 @@ def _rate(m: RunRecord) -> float:
     return sum(s.examples_seen for s in stages) / max(sum(s.wall_time_s for s in stages), 1e-9)
 
 
-def _phase_examples(plan: RunPlan, rows: int) -> int:
-    """Examples one seed of a plan trains on, over its phases."""
+class SharedGeneral:
+    """General phases that one seed's cells share across tasks (:mod:`harness.general_cache`): a cached
+    one costs nothing (in a study, ``study_commit``: one trained at that commit), and an uncached one
+    counts once, for the first cell that needs it."""
+
+    def __init__(self, glue_dir: Path | None, study_commit: str | None):
+        self.glue_dir, self.study_commit, self.counted = glue_dir, study_commit, set()
+
+    def skip(self, plan: RunPlan, seed: int) -> int:
+        """How many leading phases of ``plan``'s ``seed`` need no training of their own."""
+        if general_count(plan) == 0:
+            return 0
+        tok = tokenizer_id_at(student_tokenizer_path(plan.recipe.student, plan.student_card))
+        entry = GeneralEntry.of(plan, seed, tok, self.glue_dir, self.study_commit)
+        was = entry.trained_at(verify=False)
+        if was is not None and self.study_commit in (None, was) or entry.folder in self.counted:
+            return entry.count
+        self.counted.add(entry.folder)
+        return 0
+
+
+def _phase_examples(plan: RunPlan, rows: int, skip: int = 0) -> int:
+    """Examples one seed of a plan trains on, over its phases (but the first ``skip``)."""
     total = 0
-    for _, phase in plan.recipe.named_phases():
+    for _, phase in plan.recipe.named_phases()[skip:]:
         t = plan.recipe.phase_training(phase)
         if phase.corpus is not None and (phase.corpus.files or phase.corpus.glue):
             n = corpus_cap(phase.corpus, t) or rows  # an uncapped text's size is unknown: the task's, a lower bound
@@ -93,8 +116,11 @@ def _phase_examples(plan: RunPlan, rows: int) -> int:
     return total
 
 
-def cell_cost(plan: RunPlan, seeds: list[int], speeds: Speeds, glue_dir: Path | None) -> Cost:
-    """What training one cell (every seed, and any teacher or stage not cached) takes."""
+def cell_cost(plan: RunPlan, seeds: list[int], speeds: Speeds, glue_dir: Path | None,
+              general: SharedGeneral | None = None) -> Cost:
+    """What training one cell (every seed, and any teacher or stage not cached) takes; ``general``
+    counts general phases shared with other cells once (default: this cell alone)."""
+    general = general or SharedGeneral(glue_dir, None)
     task = plan.task
     rows = train_rows(task, glue_dir)
     examples, seconds, unmeasured = 0, 0.0, []
@@ -110,7 +136,7 @@ def cell_cost(plan: RunPlan, seeds: list[int], speeds: Speeds, glue_dir: Path | 
 
     label = student_label(plan.recipe.student, plan.student_card)
     for seed in seeds:
-        add(label, _phase_examples(plan, rows))
+        add(label, _phase_examples(plan, rows, general.skip(plan, seed)))
         for t in plan.teachers:
             if t.stage is not None and not _cached_here(t.folder(seed)):
                 add(student_label(t.stage.recipe.student, t.stage.student_card), _phase_examples(t.stage, rows))
@@ -160,6 +186,7 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
     lines = [f"study {sp.name}: {len(sp.rows)} rows x {len(sp.study.tasks)} tasks x {len(seeds)} seeds "
              f"(baseline: {sp.study.baseline}); records in {folder}", ""]
     todo_s, todo_ex, missing, commit = 0.0, 0, set(), code_state(*git_state(REPO_ROOT))
+    general = SharedGeneral(glue_dir, commit)
     all_stale: list[str] = []
     for cell in sp.cells:
         rel = {s: Path("runs") / cell.plan.name / f"seed{s}" for s in seeds}
@@ -168,7 +195,7 @@ def report(sp: StudyPlan, results_dir: Path, glue_dir: Path | None) -> str:
         data = data_id(cell.plan.task, glue_dir)
         twins = [s for s in left if commit and twin_record(folder, rel[s], cell.plan.hash(s), commit, data)]
         left = [s for s in left if s not in twins]
-        cost = cell_cost(cell.plan, left, speeds, glue_dir) if left else Cost(0, 0.0)
+        cost = cell_cost(cell.plan, left, speeds, glue_dir, general) if left else Cost(0, 0.0)
         stale = [record_commit(folder / rel[s]) for s in left if (folder / rel[s] / "metrics.json").exists()]
         all_stale += stale
         todo_ex += cost.examples

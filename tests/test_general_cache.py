@@ -91,3 +91,26 @@ def test_a_second_task_reuses_the_general_phase_and_gets_what_training_it_gives(
     def later(run):
         return [{k: v for k, v in p.items() if k not in timing} for p in run["record"]["train"]["phases"][1:]]
     assert later(trained) == later(reused)
+
+
+@needs_glue
+def test_a_study_plan_counts_a_shared_general_phase_once_per_seed(tmp_path, tiny_card):
+    from pathlib import Path
+
+    from harness.plan import load
+    from harness.study_cost import SharedGeneral, Speeds, cell_cost
+
+    plans = []
+    for task in ("mrpc", "rte"):
+        recipe = tmp_path / f"{task}.yaml"
+        recipe.write_text(f"defaults: {REPO / 'recipes/glue/_methods/tinybert.yaml'}\ntask: {task}\n"
+                          f"teachers: [{{card: {tiny_card}}}]\nstudent: {{init: teacher_layers, layers: [1, 3]}}\n"
+                          "training: {max_train_examples: 40}\n")
+        plans.append(load(recipe))
+    speeds, glue = Speeds(tmp_path / "results"), Path(REAL_GLUE)
+    alone = [cell_cost(p, [0, 1], speeds, glue).examples for p in plans]
+    shared = SharedGeneral(glue, None)
+    together = [cell_cost(p, [0, 1], speeds, glue, shared).examples for p in plans]
+    general = 2 * min(4000, 40) * 2  # two seeds, each its own general phase: 40 lines (capped), 2 epochs
+    assert together[0] == alone[0] and together[1] == alone[1] - general
+    assert cell_cost(plans[1], [0, 1], speeds, glue, shared).examples == alone[1] - general  # counted already
