@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
@@ -126,10 +128,31 @@ def init_distributed() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     for k, v in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
         os.environ.setdefault(k, v)
+    clear_stale_build_locks()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
     backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def clear_stale_build_locks(stale_s: float = 600.0) -> None:
+    """On a CPU DeepSpeed compiles its shared-memory op at the first start (about 2 minutes), under
+    torch's build lock.  A build interrupted then (Ctrl-C, a killed job) leaves the lock behind, and
+    every later start waits on it forever without a word; a lock older than any build takes is
+    removed, and the removal said."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    env = os.environ.get("TORCH_EXTENSIONS_DIR")  # torch's: builds go straight under it, else under <root>/py311_cpu
+    locks = Path(env).glob("deepspeed_*/lock") if env else Path(get_default_build_root()).glob("*/deepspeed_*/lock")
+    for lock in locks:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:  # the build just finished
+            continue
+        if age > stale_s:
+            lock.unlink(missing_ok=True)
+            print(f"note: removed {lock}, left {age / 60:.0f} min ago by an interrupted build of a DeepSpeed op "
+                  "(it is built again now)", flush=True)
 
 
 def barrier() -> None:

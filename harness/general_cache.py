@@ -41,6 +41,7 @@ from harness.integrity import MANIFEST, file_digest, intact, locked, write_manif
 from harness.models import student_config
 from harness.paths import REPO_ROOT, cache_dir
 from harness.recipe_parts import Corpus, Phase
+from harness.recipe_students import student_label
 from harness.records import code_state, git_state, short_state
 from harness.resolved import RunPlan
 from harness.resume import Checkpoints
@@ -105,7 +106,8 @@ class GeneralEntry:
             "deepspeed": plan.recipe.deepspeed.model_dump(mode="json"), "precision": plan.precision,
             "world_size": world()[1], "seed": seed,
         }
-        short = f"{plan.recipe.student.init}-{'+'.join(p.name for p in phases)}"
+        student = student_label(plan.recipe.student, plan.student_card).replace("/", "_")
+        short = f"{student}-{'+'.join(p.name for p in phases)}"
         return cls(cache_dir() / "general" / f"{short}-{spec_hash(spec)}-seed{seed}", count, study_commit)
 
     @cached_property

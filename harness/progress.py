@@ -35,7 +35,8 @@ class Progress:
     def update(self, trained: list[dict]) -> str:
         """Count one finished recipe (the training stats of what it trained) and say where the run is."""
         self.done += 1
-        done_here = [s for s in trained if "reused_from" not in s]  # a general phase read from the cache trained elsewhere
+        # a general phase read from the cache (reused_from) was trained by another run
+        done_here = [s for s in trained if "reused_from" not in s]
         self.examples += sum(s["examples_seen"] for s in done_here)
         self.seconds += sum(s["wall_time_s"] for s in done_here)
         rest = self.plans[self.done:]

@@ -207,9 +207,10 @@ def ensure_stage(plan: RunPlan, seed: int, opts: Options) -> tuple[ReadyTeacher,
 
 
 def cache_summary(stages: list[dict]) -> str | None:
-    """One line: teacher forward passes (in examples) the teacher-output cache saved in this run."""
-    with_teacher = [s["teacher_cache"] for s in stages
-                    if "teacher_cache" in s and s["teacher_cache"]["status"] != "no teacher"]
+    """One line: teacher forward passes (in examples) the teacher-output cache saved in this run (a
+    general phase read from the cache trained in another run: its stages do not count)."""
+    with_teacher = [s["teacher_cache"] for s in stages if "teacher_cache" in s and "reused_from" not in s
+                    and s["teacher_cache"]["status"] != "no teacher"]
     if not with_teacher:
         return None
     would = sum(c["teacher_forward_examples_uncached"] for c in with_teacher)

@@ -3,8 +3,8 @@
 Cost is examples x epochs per phase (a progressive phase once per student block; a corpus phase over
 its capped text), divided by the examples/s this harness measured for the same model in earlier records
 (same CPU thread count, task and precision preferred).  Teachers and assistant stages count only where
-the cache lacks them; general phases that the tasks share count once per seed, and not at all when cached.  A model never measured here has no estimate, and the plan says so rather than
-guess.
+the cache lacks them; general phases that the tasks share count once per seed, and not at all when
+cached.  A model never measured here has no estimate, and the plan says so rather than guess.
 """
 from __future__ import annotations
 

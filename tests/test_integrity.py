@@ -204,3 +204,21 @@ def test_bf16_path_runs_on_cpu(tmp_path, tiny_card):
     stored = [f.suffix for f in cache.glob("teacher_outputs/*/*") if f.suffix not in (".npy", ".json")]
     assert stored and set(stored) == {".bf16"}, stored
     assert harness_cli("verify", "--results-dir", str(results)).returncode == 0
+
+
+def test_a_build_lock_left_by_an_interrupted_deepspeed_build_is_removed(tmp_path, monkeypatch, capsys):
+    import os
+    import time
+
+    from harness.engine import clear_stale_build_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    old, fresh = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "deepspeed_other" / "lock"
+    for lock in (old, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    clear_stale_build_locks()
+    assert not old.exists() and fresh.exists()  # a build going on now keeps its lock
+    assert "left 60 min ago by an interrupted build" in capsys.readouterr().out
