@@ -154,8 +154,8 @@ class GeneralEntry:
         if checkpoints is not None and is_main():  # their curves join the run's (harness.curves reads stage<i>)
             for i in range(len(stats)):
                 src, dst = self.folder / "curves" / f"stage{i}", checkpoints.root / "curves" / f"stage{i}"
+                shutil.rmtree(dst, ignore_errors=True)  # an interrupted attempt's
                 if src.is_dir():
-                    shutil.rmtree(dst, ignore_errors=True)
                     shutil.copytree(src, dst)
         if is_main():
             print(f"[general phases] reused {self.folder.name}: trained once for this seed, shared by every task",

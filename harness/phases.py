@@ -101,7 +101,10 @@ def _run_phases(plan: RunPlan, phases: list[tuple[str, Phase]], model, tok, fine
         weighting = plan.recipe.teacher_weighting if phase.corpus is None else WeightingSpec()
         s_shape, t_shapes = shape_of(model), [shape_of(t.model) for t in teachers]
         # built once: the blocks of a progressive phase take turns with the same terms, so they train one
-        # projection per term, as TinyBERT learns one W_h for all its mapped layers, not one per block
+        # projection per term, as TinyBERT learns one W_h for all its mapped layers, not one per block.
+        # Seeded here: what drew before (the task head's size, a general teacher's random head, earlier
+        # phases) must not decide a term's initial weights, or a general phase would differ by task
+        torch.manual_seed(seed)
         phase_terms = build_terms(phase, s_shape, t_shapes, where)
         phase_needs = teacher_needs(phase_terms, len(teachers))  # before any restrict: all blocks' needs
         stream = 0  # a progressive phase's blocks take turns along one batch stream, as joint's one phase does

@@ -74,7 +74,8 @@ def _precision(m: RunRecord) -> str:
 
 
 def _rate(m: RunRecord) -> float:
-    stages = m.train.phases or [m.train]
+    # a general phase read from the cache was timed by the run that trained it
+    stages = [s for s in m.train.phases or [m.train] if s.reused_from is None]
     return sum(s.examples_seen for s in stages) / max(sum(s.wall_time_s for s in stages), 1e-9)
 
 

@@ -57,7 +57,7 @@ def test_a_students_encoder_starts_the_same_on_every_task(tiny_card, student):
 def _run(tmp_path, tiny_card, task: str, results) -> dict:
     base = tmp_path / f"_{task}.yaml"
     base.write_text(f"task: {task}\nteachers:\n  - {{card: {tiny_card}, finetune: {{max_train_examples: 32, epochs: 1}}}}\n"
-                    "student: {init: teacher_layers, layers: [0, 2]}\n"
+                    "student: {init: config, layers: 2, hidden: 32, heads: 4, ffn: 64}\n"  # narrower: projections
                     "training: {epochs: 1, batch_size: 16, lr: 1.0e-3, max_length: 32, max_train_examples: 48}\n"
                     "speed: {seq_len: 16, throughput_batch: 2, iters: 1}\n")
     recipe = tmp_path / f"tinybert_{task}.yaml"
@@ -72,8 +72,9 @@ def _run(tmp_path, tiny_card, task: str, results) -> dict:
 @needs_glue
 def test_a_second_task_reuses_the_general_phase_and_gets_what_training_it_gives(tmp_path, tiny_card, cache):
     shutil.rmtree(cache / "general", ignore_errors=True)
-    first = _run(tmp_path, tiny_card, "mrpc", tmp_path / "a")
+    first = _run(tmp_path, tiny_card, "stsb", tmp_path / "a")  # a regression task: one label, where rte has two
     (entry,) = (cache / "general").iterdir()
+    encoder = json.loads((entry / "manifest.json").read_text())["files"]["encoder.safetensors"]["sha256"]
     assert first["record"]["train"]["phases"][0].get("reused_from") is None
     reused = _run(tmp_path, tiny_card, "rte", tmp_path / "b")
     general = reused["record"]["train"]["phases"][0]
@@ -83,6 +84,9 @@ def test_a_second_task_reuses_the_general_phase_and_gets_what_training_it_gives(
     shutil.rmtree(entry)
     trained = _run(tmp_path, tiny_card, "rte", tmp_path / "c")
     assert trained["record"]["train"]["phases"][0].get("reused_from") is None and (cache / "general" / entry.name).is_dir()
+    # the phase trained on rte's run came out the very weights stsb's did: nothing of the task reached them
+    # (not the head's size, which draws from the random stream before the phase's projections do)
+    assert json.loads((entry / "manifest.json").read_text())["files"]["encoder.safetensors"]["sha256"] == encoder
     # the same student either way: the task head is the fresh one, the encoder the same weights
     assert trained["preds"] == reused["preds"]
     assert trained["record"]["dev"] == reused["record"]["dev"]
