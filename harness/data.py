@@ -120,9 +120,14 @@ def corpus_cap(corpus: Corpus, training: Training) -> int | None:
     return min(caps) if caps else None
 
 
+def corpus_files(corpus: Corpus, recipe_dir: Path) -> list[Path]:
+    """A corpus's ``files``, relative ones read from the recipe's folder."""
+    return [Path(f).expanduser() if Path(f).expanduser().is_absolute() else recipe_dir / f for f in corpus.files]
+
+
 def corpus_dataset(corpus: Corpus, tok, training: Training, recipe_dir: Path, glue_dir: Path | None):
     """A corpus phase's text (files, then GLUE training sentences), capped and tokenized once."""
-    files = [Path(f).expanduser() if Path(f).expanduser().is_absolute() else recipe_dir / f for f in corpus.files]
+    files = corpus_files(corpus, recipe_dir)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"corpus files not found: {missing}")

@@ -13,8 +13,9 @@ settings, world size and seed.
 
 The task head is not part of an entry: after the general phases the student gets back the head it
 was initialised with, whether they were trained here or read from the cache, so a run's result does
-not depend on what the cache held (the papers' task heads start fresh too).  The encoder's
-initialisation does not depend on the task: the head is built and initialised after it.
+not depend on what the cache held (the papers' task heads start fresh too).  Nothing of the task
+reaches the phases: the encoder is built and initialised before the head, and each phase's terms
+(projections, an mlm head) are seeded when the phase starts (:func:`harness.phases._run_phases`).
 
 Entries are written like every cache entry (:mod:`harness.integrity`): into ``<folder>.tmp``, a
 manifest last, renamed into place, under a lock; in a study an entry from another commit is trained
@@ -33,7 +34,7 @@ from typing import Callable
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from harness.data import corpus_tasks
+from harness.data import corpus_files, corpus_tasks
 from harness.engine import barrier, is_main, world
 from harness.glue_files import data_id
 from harness.hashing import spec_hash
@@ -69,8 +70,8 @@ def general_count(plan: RunPlan) -> int:
 
 def corpus_id(corpus: Corpus, recipe_dir: Path, glue_dir: Path | None) -> dict:
     """What text a corpus phase reads: the SHA-256 of its files and the data ids of its GLUE tasks."""
-    files = [Path(f).expanduser() if Path(f).expanduser().is_absolute() else recipe_dir / f for f in corpus.files]
-    return {"files": [file_digest(f) for f in files], "glue": [data_id(t, glue_dir) for t in corpus_tasks(corpus)]}
+    return {"files": [file_digest(f) for f in corpus_files(corpus, recipe_dir)],
+            "glue": [data_id(t, glue_dir) for t in corpus_tasks(corpus)]}
 
 
 def encoder_config(plan: RunPlan) -> dict:
