@@ -140,7 +140,8 @@ def cell_cost(plan: RunPlan, seeds: list[int], speeds: Speeds, glue_dir: Path | 
         add(label, _phase_examples(plan, rows, general.skip(plan, seed)))
         for t in plan.teachers:
             if t.stage is not None and not _cached_here(t.folder(seed)):
-                add(student_label(t.stage.recipe.student, t.stage.student_card), _phase_examples(t.stage, rows))
+                add(student_label(t.stage.recipe.student, t.stage.student_card),
+                    _phase_examples(t.stage, rows, general.skip(t.stage, seed)))
     # co-finetuned teachers live in folders of their own; each costs about what its own fine-tune does
     # (and train on the joint run's settings: the recipe's cofinetune caps, not each card's own)
     joint = joint_spec(plan, Path(".")) if plan.recipe.cofinetune is not None else None

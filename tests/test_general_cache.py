@@ -118,3 +118,29 @@ def test_a_study_plan_counts_a_shared_general_phase_once_per_seed(tmp_path, tiny
     general = 2 * min(4000, 40) * 2  # two seeds, each its own general phase: 40 lines (capped), 2 epochs
     assert together[0] == alone[0] and together[1] == alone[1] - general
     assert cell_cost(plans[1], [0, 1], speeds, glue, shared).examples == alone[1] - general  # counted already
+
+
+@needs_glue
+def test_a_study_plan_counts_an_assistant_stages_general_phase_once_per_seed(tmp_path, tiny_card):
+    from pathlib import Path
+
+    from harness.plan import load
+    from harness.study_cost import SharedGeneral, Speeds, cell_cost
+
+    plans = []
+    for task in ("mrpc", "rte"):
+        recipe = tmp_path / f"{task}.yaml"
+        recipe.write_text(f"task: {task}\ntraining: {{max_train_examples: 40}}\n"
+                          f"assistants:\n  - name: a\n    teachers: [{{card: {tiny_card}}}]\n"
+                          "    student: {init: teacher_layers, layers: [1, 3]}\n"
+                          "    phases:\n      - {name: g, corpus: {glue: all, max_examples: 30}, "
+                          "objective: [{term: hidden_mse}]}\n      - {name: t, objective: [{term: hinton_kd}]}\n"
+                          f"teachers: [{{stage: a}}]\nstudent: {{init: teacher_layers, card: {tiny_card}, layers: [1]}}\n"
+                          "objective: [{term: hinton_kd}]\n")
+        plans.append(load(recipe))
+    speeds, glue = Speeds(tmp_path / "results"), Path(REAL_GLUE)
+    alone = [cell_cost(p, [0], speeds, glue).examples for p in plans]
+    shared = SharedGeneral(glue, None)
+    together = [cell_cost(p, [0], speeds, glue, shared).examples for p in plans]
+    general = 30 * 3  # one seed's general phase of the assistant: 30 lines (capped), 3 epochs (the default)
+    assert together == [alone[0], alone[1] - general]
