@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from harness import precision
 from harness.recipe_parts import DeepSpeedSettings, Training
+from harness.schema import ConfigError
 
 T = TypeVar("T")
 LrScale = Callable[[str], float]  # student parameter name -> lr multiplier (0: frozen)
@@ -118,6 +120,26 @@ def warmup_linear(total: int, warmup_ratio: float):
     return factor
 
 
+# Training's collectives (gradients, gathered predictions) end a run that waits on them longer than
+# this: a rank that died or hung.  Ranks that wait for rank 0 alone (it waits on another process's
+# lock, or trains a teacher, builds a cache, writes the record) wait through _WAIT_GROUP instead,
+# whose timeout is far longer: a lock can be held for hours, and DeepSpeed's default of 10 minutes
+# used to end the other ranks while rank 0 waited for it.
+COLLECTIVE_TIMEOUT_ENV = "KD_HARNESS_COLLECTIVE_TIMEOUT_S"
+_WAIT_GROUP = None
+
+
+def _collective_timeout_s() -> float:
+    raw = os.environ.get(COLLECTIVE_TIMEOUT_ENV, "600")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise ConfigError(f"{COLLECTIVE_TIMEOUT_ENV}={raw!r}: give the collectives' timeout in seconds (> 0)")
+    return value
+
+
 def init_distributed() -> None:
     """Join (or, for a plain ``python -m harness run``, create) the process group DeepSpeed uses."""
     if dist.is_initialized():
@@ -132,7 +154,10 @@ def init_distributed() -> None:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
     backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timedelta(seconds=_collective_timeout_s()))
+    global _WAIT_GROUP
+    if dist.get_world_size() > 1:
+        _WAIT_GROUP = dist.new_group(backend="gloo", timeout=timedelta(days=30))
 
 
 def clear_stale_build_locks(stale_s: float = 600.0) -> None:
@@ -156,8 +181,9 @@ def clear_stale_build_locks(stale_s: float = 600.0) -> None:
 
 
 def barrier() -> None:
+    """Every rank waits for the others, for as long as rank 0 takes alone (see _WAIT_GROUP)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+        dist.barrier(group=_WAIT_GROUP)
 
 
 def is_main() -> bool:

@@ -222,3 +222,38 @@ def test_a_build_lock_left_by_an_interrupted_deepspeed_build_is_removed(tmp_path
     clear_stale_build_locks()
     assert not old.exists() and fresh.exists()  # a build going on now keeps its lock
     assert "left 60 min ago by an interrupted build" in capsys.readouterr().out
+
+
+@needs_glue
+@pytest.mark.slow
+def test_other_ranks_wait_for_as_long_as_rank_0_waits_on_a_lock(tmp_path, tiny_card, monkeypatch):
+    """Rank 0 alone takes the record's lock; while another process holds it, the other ranks wait in a
+    barrier.  That wait outlasts the training collectives' timeout (here 8 s) without ending the run."""
+    import time
+
+    from filelock import FileLock
+
+    from harness.integrity import lock_path
+
+    monkeypatch.setenv("KD_HARNESS_CACHE", str(tmp_path / "cache"))
+    results, log = tmp_path / "results", tmp_path / "run.log"
+    p = recipe(tmp_path, "ranks", tiny_card)
+    held = FileLock(str(lock_path(results / "runs" / "ranks" / "seed42")))
+    held.acquire()
+    cmd = [sys.executable, "-m", "harness", "run", str(p), "--results-dir", str(results), "--glue-dir", REAL_GLUE,
+           "--no-tables", "--nprocs", "2", "--master-port", "29563"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                env=_env({"KD_HARNESS_CACHE": str(tmp_path / "cache"),
+                                          "KD_HARNESS_COLLECTIVE_TIMEOUT_S": "8"}))
+        deadline = time.monotonic() + 300
+        while "waiting: another harness process" not in log.read_text() and proc.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(20)  # more than twice the collectives' timeout
+        held.release()
+        proc.wait(timeout=600)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    assert "waiting: another harness process is building ranks seed 42" in text
+    assert read_record(results / "runs" / "ranks" / "seed42").train.world_size == 2
