@@ -49,8 +49,22 @@ sed 's/^tasks:.*/tasks: [sst2, wnli, stsb, rte, mrpc, cola]/' "$parts/zoo_mobile
 lane() {
   for s in "$@"; do
     echo "$(date -u +%FT%T) start $s"
+    log=/tmp/campaign-$s.log
+    from=$(($(stat -c %s "$log" 2>/dev/null || echo 0) + 1))  # this start's output: from this byte on
     # run from the worktree: `python -m harness` imports the harness of the current folder, its commit's
-    $py -m harness study run "$parts/$s.yaml" --results-dir "$main/results" >> "/tmp/campaign-$s.log" 2>&1
+    $py -m harness study run "$parts/$s.yaml" --results-dir "$main/results" >> "$log" 2>&1 &
+    pid=$!
+    # With every recipe done, the commit's `study run` measures each architecture's speed, under the
+    # other lane's load (15-30 min); the committed speed tables are measured apart, with the lanes
+    # paused (`study speed`), so the part ends there.  A part already complete ends at once.
+    while kill -0 "$pid" 2>/dev/null; do
+      if tail -c "+$from" "$log" | grep -aq "recipes done, 0 left"; then
+        sleep 10 && kill "$pid" 2>/dev/null
+        break
+      fi
+      sleep 30
+    done
+    wait "$pid"
     rc=$?  # before the echo: a command substitution there would reset $?
     echo "$(date -u +%FT%T) end $s rc=$rc"
   done
