@@ -257,3 +257,10 @@ def test_other_ranks_wait_for_as_long_as_rank_0_waits_on_a_lock(tmp_path, tiny_c
     assert proc.returncode == 0, text[-4000:]
     assert "waiting: another harness process is building ranks seed 42" in text
     assert read_record(results / "runs" / "ranks" / "seed42").train.world_size == 2
+
+
+def test_a_bad_collective_timeout_is_one_message(tmp_path, tiny_card):
+    res = harness_cli("run", str(recipe(tmp_path, "t", tiny_card)), "--results-dir", str(tmp_path / "results"),
+                      env={"KD_HARNESS_COLLECTIVE_TIMEOUT_S": "ten minutes"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "KD_HARNESS_COLLECTIVE_TIMEOUT_S='ten minutes': give the collectives' timeout in seconds" in res.stderr
