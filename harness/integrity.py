@@ -136,6 +136,22 @@ def locked(target: Path, what: str):
         lock.release()
 
 
+@contextlib.contextmanager
+def claimed(target: Path):
+    """Hold ``target``'s lock if no other process holds it; yields whether it was free (holding
+    nothing when it was not)."""
+    lock = FileLock(str(lock_path(target)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def cache_entries() -> list[tuple[str, Path]]:
     """(kind, folder) of every entry in the cache that carries (or should carry) a manifest."""
     root = cache_dir()

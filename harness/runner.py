@@ -14,7 +14,7 @@ from harness.data import tokenize_task
 from harness.distill import Teacher
 from harness.engine import barrier, is_main
 from harness.evaluate import evaluate
-from harness.integrity import intact, locked, model_id, write_manifest
+from harness.integrity import claimed, intact, locked, model_id, write_manifest
 from harness.metrics import task_headline
 from harness.models import build_student, load_classifier, load_tokenizer, tokenizer_id
 from harness.options import Options
@@ -29,14 +29,20 @@ from harness.glue_files import data_id
 from harness.teacher_prep import ReadyTeacher, ensure_cofinetuned, ensure_teacher, untrained_teacher
 
 
-def run_recipe(plan: RunPlan, opts: Options) -> list[dict]:
-    """Run every seed of a plan; returns the training stats of the runs trained now (rank 0)."""
+def run_recipe(plan: RunPlan, opts: Options, seeds: list[int] | None = None,
+               busy: list[int] | None = None) -> list[dict]:
+    """Run every seed of a plan (or those of ``seeds``); returns the training stats of the runs trained
+    now (rank 0).  With ``busy`` (a study's cell, one rank) a seed whose record another process is
+    training is not waited for: it is appended to ``busy``, for the caller to come back to."""
     git_state(REPO_ROOT)  # the code as it is now, before anyone edits it while this trains
     trained = []
-    for seed in plan.recipe.training.seeds:
+    for seed in plan.recipe.training.seeds if seeds is None else seeds:
         out = opts.results_dir / "runs" / plan.name / f"seed{seed}"
-        # one process at a time per record: a second one waits, then finds the record and skips
-        with locked(out, f"{plan.name} seed {seed}") if is_main() else contextlib.nullcontext():
+        # one process at a time per record: a second one waits (or goes on), then finds the record and skips
+        with _record_lock(out, f"{plan.name} seed {seed}", busy is not None) as mine:
+            if not mine:
+                busy.append(seed)
+                continue
             barrier()
             if _needs_run(plan, seed, out, opts):
                 ckpt = cache_dir() / "students" / plan.name / f"seed{seed}-{plan.hash(seed)}"
@@ -45,6 +51,20 @@ def run_recipe(plan: RunPlan, opts: Options) -> list[dict]:
                     write_manifest(ckpt)
             barrier()
     return trained
+
+
+@contextlib.contextmanager
+def _record_lock(out: Path, what: str, go_on: bool):
+    """Rank 0 holds the record's lock for every rank; yields False, holding nothing, when ``go_on`` and
+    another process holds it (one rank only: the other ranks could not tell)."""
+    if not is_main():
+        yield True
+    elif go_on:
+        with claimed(out) as free:
+            yield free
+    else:
+        with locked(out, what):
+            yield True
 
 
 def _needs_run(plan: RunPlan, seed: int, out: Path, opts: Options) -> bool:

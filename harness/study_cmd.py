@@ -54,10 +54,11 @@ def check_stack(sp: StudyPlan, results_dir: Path) -> None:
 
 
 def run_study(sp: StudyPlan, opts: Options, allow_dirty: bool, log=print) -> None:
-    """Train every cell that lacks a record of this commit, one cell after another."""
+    """Train every cell that lacks a record of this commit, one cell after another (seeds another process
+    is training: at the end)."""
     from harness import runner
 
-    from harness.engine import is_main
+    from harness.engine import is_main, world
     from harness.progress import Progress
 
     commit = check_tree(allow_dirty)
@@ -65,12 +66,28 @@ def run_study(sp: StudyPlan, opts: Options, allow_dirty: bool, log=print) -> Non
     opts = dataclasses.replace(opts, results_dir=sp.folder(opts.results_dir), study_commit=commit)
     progress = (Progress([c.plan for c in sp.cells], opts.results_dir, opts.glue_dir, study_commit=opts.study_commit)
                 if is_main() else None)
+    # Several processes may run one study (one per GPU, or single-threaded CPU lanes): a seed another
+    # one is training is left to it, and this one moves on; it comes back to it at the end, when the
+    # record is there (skipped) or, if that process stopped, trains it.
+    later = []
     for i, cell in enumerate(sp.cells, 1):
         log(f"== study {sp.name}: cell {i}/{len(sp.cells)}: {cell.row} on {cell.task} "
-            f"(seeds {', '.join(map(str, sp.study.seeds))})")
-        trained = runner.run_recipe(cell.plan, opts)
+            f"(seeds {_seeds(sp.study.seeds)})")
+        busy = [] if world()[1] == 1 else None
+        trained = runner.run_recipe(cell.plan, opts, busy=busy)
+        if busy:
+            log(f"another harness process is training seed(s) {_seeds(busy)} of this cell: left to it for now")
+            later.append((cell, busy))
         if progress is not None:
             log(progress.update(trained))
+    for cell, seeds in later:
+        log(f"== study {sp.name}: back to {cell.row} on {cell.task} (seeds {_seeds(seeds)}), which another "
+            "process was training")
+        runner.run_recipe(cell.plan, opts, seeds=seeds)
+
+
+def _seeds(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds))
 
 
 def write_tables(sp: StudyPlan, results_dir: Path, allow_dirty: bool) -> tuple[list[Path], str]:

@@ -58,15 +58,36 @@ def tiny_card(tmp_path_factory, cache) -> Path:
     return card
 
 
-def harness_cli(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m harness ...`` for real, as a user would."""
+def cli_env(extra: dict | None = None) -> dict:
+    """The environment of a ``python -m harness`` child: this one's, plus ``extra``."""
     # an in-process DeepSpeed test leaves this process's rendezvous variables set: the child must not
     # think it was started by a launcher, nor reuse the port this process still listens on
     dist_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "CROSS_RANK",
                  "CROSS_SIZE"}
-    full_env = {k: v for k, v in os.environ.items() if k not in dist_vars} | {"PYTHONPATH": str(REPO)} | (env or {})
+    return {k: v for k, v in os.environ.items() if k not in dist_vars} | {"PYTHONPATH": str(REPO)} | (extra or {})
+
+
+def harness_cli(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m harness ...`` for real, as a user would."""
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+                          timeout=timeout, env=cli_env(env))
+
+
+def wait_for_line(log: Path, proc: subprocess.Popen, text: str, timeout: float = 300) -> None:
+    """Wait until ``text`` shows in ``log`` (fails when ``proc`` ends or ``timeout`` seconds pass first)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def harness_started(*args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m harness ...`` in the background, its stdout and stderr (unbuffered) into ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, env=cli_env({"PYTHONUNBUFFERED": "1"} | (env or {})))
 
 
 def run_record(**fields):

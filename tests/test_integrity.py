@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REAL_GLUE, REPO, harness_cli, needs_glue, run_record
+from conftest import REAL_GLUE, REPO, cli_env, harness_cli, harness_started, needs_glue, run_record, wait_for_line
 from harness.integrity import problems, write_manifest
 from harness.records import read_record, record_folders, write_record
 
@@ -154,7 +154,7 @@ def test_two_processes_on_overlapping_recipes_train_one_teacher(tmp_path, tiny_c
         cmd = [sys.executable, "-m", "harness", "run", *map(str, recipes), "--results-dir", str(results),
                "--glue-dir", REAL_GLUE, "--no-tables"]
         procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env=_env(env_extra)))
+                                      env=cli_env(env_extra)))
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
     log = "\n".join(outs)
@@ -167,13 +167,6 @@ def test_two_processes_on_overlapping_recipes_train_one_teacher(tmp_path, tiny_c
     assert len(teachers) == 1
     ver = harness_cli("verify", "--results-dir", str(results))
     assert ver.returncode == 0 and "3 of 3 records" in ver.stdout, ver.stdout
-
-
-def _env(extra: dict) -> dict:
-    import os
-
-    dist_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE"}
-    return {k: v for k, v in os.environ.items() if k not in dist_vars} | {"PYTHONPATH": str(REPO)} | extra
 
 
 BF16 = """\
@@ -240,19 +233,13 @@ def test_other_ranks_wait_for_as_long_as_rank_0_waits_on_a_lock(tmp_path, tiny_c
     p = recipe(tmp_path, "ranks", tiny_card)
     held = FileLock(str(lock_path(results / "runs" / "ranks" / "seed42")))
     held.acquire()
-    cmd = [sys.executable, "-m", "harness", "run", str(p), "--results-dir", str(results), "--glue-dir", REAL_GLUE,
-           "--no-tables", "--nprocs", "2", "--master-port", "29563"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env=_env({"KD_HARNESS_CACHE": str(tmp_path / "cache"),
-                                          "KD_HARNESS_COLLECTIVE_TIMEOUT_S": "8"}))
-        deadline = time.monotonic() + 300
-        while "waiting: another harness process" not in log.read_text() and proc.poll() is None:
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        time.sleep(20)  # more than twice the collectives' timeout
-        held.release()
-        proc.wait(timeout=600)
+    proc = harness_started("run", str(p), "--results-dir", str(results), "--glue-dir", REAL_GLUE, "--no-tables",
+                           "--nprocs", "2", "--master-port", "29563", log=log,
+                           env={"KD_HARNESS_CACHE": str(tmp_path / "cache"), "KD_HARNESS_COLLECTIVE_TIMEOUT_S": "8"})
+    wait_for_line(log, proc, "waiting: another harness process")
+    time.sleep(20)  # more than twice the collectives' timeout
+    held.release()
+    proc.wait(timeout=600)
     text = log.read_text()
     assert proc.returncode == 0, text[-4000:]
     assert "waiting: another harness process is building ranks seed 42" in text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REAL_GLUE, REPO, harness_cli, needs_glue
+from conftest import REAL_GLUE, REPO, cli_env, harness_cli, needs_glue
 
 TWO_PHASES = """\
 student: {init: teacher_layers, layers: [0, 2]}
@@ -22,11 +22,7 @@ speed: {seq_len: 32, throughput_batch: 4, iters: 2}
 
 
 def _env(cache: Path) -> dict:
-    import os
-
-    dist_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE"}
-    return {k: v for k, v in os.environ.items() if k not in dist_vars} | {
-        "PYTHONPATH": str(REPO), "KD_HARNESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    return cli_env({"KD_HARNESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"})
 
 
 def run_until(args: list[str], cache: Path, marker: str, nth: int) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FIXTURE_GLUE, harness_cli, run_record
+from conftest import FIXTURE_GLUE, harness_cli, harness_started, run_record, wait_for_line
 from harness.metrics import compute_metrics
 from harness.schema import ConfigError
 from harness.study import load_study
@@ -490,6 +490,39 @@ def test_study_cli_end_to_end_on_a_tiny_bert(tmp_path, tiny_card):
     t_cells = pd.read_csv(results / "studies" / "t" / "table.csv")
     assert sorted(t_cells[t_cells.kind == "student"].n) == [2]
     _lost_teacher_is_trained_again_as_its_record_was(s, out, args)
+
+
+def test_a_seed_another_process_trains_is_left_to_it_until_the_end(tmp_path, tiny_card):
+    """Several processes may run one study: a seed whose record another one holds is not waited for,
+    the others go on, and the study comes back to it at the end (here the holder stops without a
+    record, so this process trains it then)."""
+    from filelock import FileLock
+
+    from harness.integrity import lock_path
+
+    write_recipes(tmp_path, tiny_card, ("sst2",))
+    s = write_study(tmp_path, "tasks: [sst2]\nseeds: [1, 2]\nbaseline: nokd/tiny\n")
+    results, log = tmp_path / "results", tmp_path / "run.log"
+    runs = results / "studies" / "s" / "runs" / "glue" / "sst2"
+    held = FileLock(str(lock_path(runs / "nokd" / "tiny" / "seed1")))
+    held.acquire()
+    proc = harness_started("study", "run", str(s), "--results-dir", str(results), "--glue-dir", str(FIXTURE_GLUE),
+                           "--allow-dirty", "--threads", "1", "--rounds", "1", log=log)
+    try:
+        wait_for_line(log, proc, "back to nokd/tiny on sst2 (seeds 1)")
+        meanwhile = log.read_text()
+    finally:
+        held.release()
+    wait_for_line(log, proc, "[glue/sst2/nokd/tiny seed 1] sst2 score")
+    proc.terminate()  # what is left is the study's tables and speed, which other tests check
+    proc.wait(timeout=60)
+    assert "another harness process is training seed(s) 1 of this cell: left to it for now" in meanwhile
+    for row, seed in (("nokd", 2), ("kd", 1), ("kd", 2)):  # trained while seed 1 of no-KD was held
+        assert f"[glue/sst2/{row}/tiny seed {seed}] sst2 score" in meanwhile
+        assert (runs / row / "tiny" / f"seed{seed}" / "metrics.json").exists()
+    assert "[glue/sst2/nokd/tiny seed 1] sst2 score" not in meanwhile
+    assert log.read_text().count("[glue/sst2/nokd/tiny seed 1] sst2 score") == 1
+    assert (runs / "nokd" / "tiny" / "seed1" / "metrics.json").exists()
 
 
 def _lost_teacher_is_trained_again_as_its_record_was(s: Path, out: Path, args: tuple) -> None:
