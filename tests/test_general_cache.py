@@ -97,50 +97,38 @@ def test_a_second_task_reuses_the_general_phase_and_gets_what_training_it_gives(
     assert later(trained) == later(reused)
 
 
+# the recipe's body (after its task) and the examples one seed's shared general phase trains on
+GENERAL_IN = {
+    "student": (f"defaults: {REPO / 'recipes/glue/_methods/tinybert.yaml'}\n"
+                "teachers: [{{card: {card}}}]\nstudent: {{init: teacher_layers, layers: [1, 3]}}\n",
+                40 * 2),  # 40 lines (the cap below), 2 epochs
+    "assistant": ("assistants:\n  - name: a\n    teachers: [{{card: {card}}}]\n"
+                  "    student: {{init: teacher_layers, layers: [1, 3]}}\n"
+                  "    phases:\n      - {{name: g, corpus: {{glue: all, max_examples: 30}}, "
+                  "objective: [{{term: hidden_mse}}]}}\n      - {{name: t, objective: [{{term: hinton_kd}}]}}\n"
+                  "teachers: [{{stage: a}}]\nstudent: {{init: teacher_layers, card: {card}, layers: [1]}}\n"
+                  "objective: [{{term: hinton_kd}}]\n",
+                  30 * 3),  # 30 lines, 3 epochs (the default)
+}
+
+
 @needs_glue
-def test_a_study_plan_counts_a_shared_general_phase_once_per_seed(tmp_path, tiny_card):
+@pytest.mark.parametrize("where", sorted(GENERAL_IN))
+def test_a_study_plan_counts_a_shared_general_phase_once_per_seed(tmp_path, tiny_card, where):
     from pathlib import Path
 
     from harness.plan import load
     from harness.study_cost import SharedGeneral, Speeds, cell_cost
 
+    body, general = GENERAL_IN[where]
     plans = []
     for task in ("mrpc", "rte"):
         recipe = tmp_path / f"{task}.yaml"
-        recipe.write_text(f"defaults: {REPO / 'recipes/glue/_methods/tinybert.yaml'}\ntask: {task}\n"
-                          f"teachers: [{{card: {tiny_card}}}]\nstudent: {{init: teacher_layers, layers: [1, 3]}}\n"
-                          "training: {max_train_examples: 40}\n")
+        recipe.write_text(f"task: {task}\ntraining: {{max_train_examples: 40}}\n" + body.format(card=tiny_card))
         plans.append(load(recipe))
     speeds, glue = Speeds(tmp_path / "results"), Path(REAL_GLUE)
     alone = [cell_cost(p, [0, 1], speeds, glue).examples for p in plans]
     shared = SharedGeneral(glue, None)
     together = [cell_cost(p, [0, 1], speeds, glue, shared).examples for p in plans]
-    general = 2 * min(4000, 40) * 2  # two seeds, each its own general phase: 40 lines (capped), 2 epochs
-    assert together[0] == alone[0] and together[1] == alone[1] - general
-    assert cell_cost(plans[1], [0, 1], speeds, glue, shared).examples == alone[1] - general  # counted already
-
-
-@needs_glue
-def test_a_study_plan_counts_an_assistant_stages_general_phase_once_per_seed(tmp_path, tiny_card):
-    from pathlib import Path
-
-    from harness.plan import load
-    from harness.study_cost import SharedGeneral, Speeds, cell_cost
-
-    plans = []
-    for task in ("mrpc", "rte"):
-        recipe = tmp_path / f"{task}.yaml"
-        recipe.write_text(f"task: {task}\ntraining: {{max_train_examples: 40}}\n"
-                          f"assistants:\n  - name: a\n    teachers: [{{card: {tiny_card}}}]\n"
-                          "    student: {init: teacher_layers, layers: [1, 3]}\n"
-                          "    phases:\n      - {name: g, corpus: {glue: all, max_examples: 30}, "
-                          "objective: [{term: hidden_mse}]}\n      - {name: t, objective: [{term: hinton_kd}]}\n"
-                          f"teachers: [{{stage: a}}]\nstudent: {{init: teacher_layers, card: {tiny_card}, layers: [1]}}\n"
-                          "objective: [{term: hinton_kd}]\n")
-        plans.append(load(recipe))
-    speeds, glue = Speeds(tmp_path / "results"), Path(REAL_GLUE)
-    alone = [cell_cost(p, [0], speeds, glue).examples for p in plans]
-    shared = SharedGeneral(glue, None)
-    together = [cell_cost(p, [0], speeds, glue, shared).examples for p in plans]
-    general = 30 * 3  # one seed's general phase of the assistant: 30 lines (capped), 3 epochs (the default)
-    assert together == [alone[0], alone[1] - general]
+    assert together == [alone[0], alone[1] - 2 * general]  # two seeds, each its own general phase
+    assert cell_cost(plans[1], [0, 1], speeds, glue, shared).examples == alone[1] - 2 * general  # counted already
